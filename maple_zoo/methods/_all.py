@@ -1,0 +1,3 @@
+"""Import every method module so each registers itself."""
+
+from . import maple, zeroshot  # noqa: F401
