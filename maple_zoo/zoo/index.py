@@ -173,18 +173,33 @@ def update_index(store: Store, mutate: Callable[[ZooIndex], T], attempts: int = 
     )
 
 
-def add_version(store: Store, name: str, make: Callable[[int], VersionRecord]) -> VersionRecord:
-    """Append the next version of `name`; `make(version)` builds its record."""
+def add_version(store: Store, name: str, make: Callable[[int], VersionRecord]) -> tuple[VersionRecord, bool]:
+    """Append the next version of `name`; `make(version)` builds its record. Returns (record, added).
+
+    Idempotent: when the newest version already has exactly this content (same card sha256, e.g.
+    a resumed sweep promoting its best trial again) that version is returned and nothing changes."""
     validate_name(name)
 
     def mutate(index: ZooIndex) -> VersionRecord:
         entry = index.entries.setdefault(name, EntryRecord())
+        if entry.versions and entry.latest.sha256 == make(entry.latest.version).sha256:
+            raise _Unchanged(entry.latest)
         version = max((r.version for r in entry.versions), default=0) + 1
         record = make(version)
         entry.versions.append(record)
-        return record
+        return record, True
 
-    return update_index(store, mutate)
+    try:
+        return update_index(store, mutate)
+    except _Unchanged as same:
+        return same.record, False
+
+
+class _Unchanged(Exception):
+    """Raised inside a mutation to skip the write (nothing to change)."""
+
+    def __init__(self, record: VersionRecord):
+        self.record = record
 
 
 def export_catalogue(index: ZooIndex, path: str | Path) -> Path:

@@ -65,7 +65,7 @@ class S3Store(Store):
         try:
             session = boto3.Session(profile_name=o.profile, region_name=o.region)
             self.client = session.client("s3", endpoint_url=o.endpoint_url, config=config)
-        except Exception as exc:  # ProfileNotFound and friends: name the setting, not a traceback
+        except Exception as exc:  # noqa: BLE001 - ProfileNotFound etc.: name the setting, no traceback
             raise MapleZooError(f"zoo store {self.url}: cannot create the S3 client: {type(exc).__name__}") from None
 
     @classmethod
