@@ -159,7 +159,13 @@ def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Ba
     tag_cfg = open_clip.get_pretrained_cfg(cfg.arch, cfg.pretrained) if cfg.pretrained else {}
     if weights is None:
         torch.manual_seed(cfg.init_seed)
-    model = open_clip.create_model(cfg.arch, pretrained=None, force_quick_gelu=bool(tag_cfg.get("quick_gelu")))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" on the root logger: we load them next
+    try:
+        model = open_clip.create_model(cfg.arch, pretrained=None, force_quick_gelu=bool(tag_cfg.get("quick_gelu")))
+    finally:
+        root.setLevel(level)
     if weights is not None:
         try:
             open_clip.load_checkpoint(model, weights)

@@ -69,7 +69,7 @@ def format_error(exc: pydantic.ValidationError, source: str, lines: LineMap | No
     key = ".".join(str(p) for p in path) or "<top>"
     line = lines.line(path) if lines else None
     where = f"{source}:{line}" if line else source
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "missing":
