@@ -79,4 +79,5 @@ def unknown_name(name: str, known: Iterable[str]) -> MapleZooError:
     known = sorted(known)
     if not known:
         return MapleZooError(f"unknown zoo entry '{name}': the zoo is empty")
-    return MapleZooError(f"unknown zoo entry '{name}'{did_you_mean(name, known)}")
+    hint = did_you_mean(name, known) or f"; {len(known)} entries, see 'maple-zoo list'"
+    return MapleZooError(f"unknown zoo entry '{name}'{hint}")

@@ -92,7 +92,12 @@ def _download_into(store: Store, record: VersionRecord, tmp: Path, progress: Pro
         advance = progress(fname, frec.size) if progress else None
         with open(tmp / fname, "wb") as f:
             w = _HashingWriter(f)
-            store.download(frec.key, w, advance)
+            try:
+                store.download(frec.key, w, advance)
+            except OSError as exc:  # dropped connection, full disk: name it, cache nothing
+                raise MapleZooError(
+                    f"{store.uri(frec.key)}: download of {fname} interrupted ({exc}); nothing was cached"
+                ) from None
             f.flush()
             os.fsync(f.fileno())
         if (w.h.hexdigest(), w.n) != (frec.sha256, frec.size):

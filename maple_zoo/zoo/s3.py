@@ -111,11 +111,16 @@ class S3Store(Store):
         return resp["Body"].read(), resp["ETag"]
 
     def download(self, key: str, out: BinaryIO, progress: Progress | None = None) -> None:
+        import botocore.exceptions as bex
+
         resp = self._call("get_object", key)
-        for chunk in resp["Body"].iter_chunks(CHUNK):
-            out.write(chunk)
-            if progress:
-                progress(len(chunk))
+        try:
+            for chunk in resp["Body"].iter_chunks(CHUNK):
+                out.write(chunk)
+                if progress:
+                    progress(len(chunk))
+        except bex.BotoCoreError as exc:  # stream cut, checksum mismatch, read timeout
+            raise MapleZooError(f"{self.uri(key)}: download interrupted ({type(exc).__name__})") from None
 
     def put(self, key: str, data: bytes) -> str:
         return self._call("put_object", key, Body=data)["ETag"]
@@ -124,7 +129,10 @@ class S3Store(Store):
         return self._call("put_object", key, Body=data, IfNoneMatch="*")["ETag"]
 
     def put_if_match(self, key: str, data: bytes, etag: str) -> str:
-        return self._call("put_object", key, Body=data, IfMatch=etag)["ETag"]
+        try:
+            return self._call("put_object", key, Body=data, IfMatch=etag)["ETag"]
+        except NotFound:  # S3 answers 404 when the object it should match is gone
+            raise PreconditionFailed(key) from None
 
     def exists(self, key: str) -> bool:
         try:
