@@ -25,6 +25,9 @@ def _register_all() -> None:
     from .commands import register as register_core
 
     register_core(app)
+    from .zoo.commands import register as register_zoo
+
+    register_zoo(app)
 
 
 _register_all()

@@ -20,11 +20,11 @@ from .names import show as show_text
 from .stores import ProgressFactory
 
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Zoo store: a folder or s3://bucket/prefix "
-                                                 "[env MAPLE_ZOO_STORE].")]
+                                                 "(env MAPLE_ZOO_STORE).")]
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint URL "
-                                                    "[env MAPLE_ZOO_S3_ENDPOINT_URL].")]
+                                                    "(env MAPLE_ZOO_S3_ENDPOINT_URL).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file with a 'zoo:' section "
-                                                   "[env MAPLE_ZOO_CONFIG; default ./maple-zoo.yaml].")]
+                                                   "(env MAPLE_ZOO_CONFIG; default ./maple-zoo.yaml).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -163,7 +163,7 @@ def pull_cmd(
     to: Annotated[Path | None, typer.Option("--to", help="Also copy the verified files into DIR.")] = None,
     store: StoreOpt = None, endpoint_url: EndpointOpt = None, config: ConfigOpt = None,
 ) -> None:
-    """Download NAME[@vN], verify every sha256, and place it in the cache atomically."""
+    """Download NAME or NAME@vN, verify every sha256, and place it in the cache atomically."""
     from .pull import pull
 
     cfg = _config(store, endpoint_url, config)
