@@ -48,6 +48,12 @@ def _progress() -> Iterator[ProgressFactory]:
         yield factory
 
 
+def _console() -> Console:
+    """Full-width tables when piped (no squeezing to 80 columns); the terminal's width otherwise."""
+    console = Console()
+    return console if console.is_terminal else Console(width=220)
+
+
 def _metric(card: dict, key: str = "hm") -> str:
     metrics = card.get("metrics") or {}
     for k, v in metrics.items() if isinstance(metrics, dict) else ():
@@ -123,13 +129,14 @@ def list_entries(json_out: JsonOpt = False, store: StoreOpt = None, endpoint_url
         typer.echo(f"the zoo at {zoo.url} is empty")
         return
     table = Table(title=f"zoo: {zoo.url}")
-    for col in ("name", "latest", "versions", "method", "backbone", "dataset", "shots", "hm", "created"):
+    table.add_column("name", no_wrap=True)
+    for col in ( "latest", "versions", "method", "backbone", "dataset", "shots", "hm", "created"):
         table.add_column(col)
     for n, e in entries.items():
         r = e.latest
         table.add_row(n, f"v{r.version}", str(len(e.versions)), _method(r.card), _backbone(r.card),
                       str(r.card.get("dataset", "-")), str(r.card.get("shots", "-")), _metric(r.card), r.created)
-    Console().print(table)
+    _console().print(table)
 
 
 def show(ref: Annotated[str, typer.Argument(help="NAME or NAME@vN.")], json_out: JsonOpt = False,
@@ -143,7 +150,7 @@ def show(ref: Annotated[str, typer.Argument(help="NAME or NAME@vN.")], json_out:
         data = record.model_dump(mode="json") if version else entry.model_dump(mode="json")
         typer.echo(json.dumps({"name": name, **data}, indent=1))
         return
-    console = Console()
+    console = _console()
     console.print(_versions_table(name, [record] if version else entry.versions))
     card = Table(title=f"{format_ref(name, record.version)} card", show_header=False)
     for k, v in record.card.items():

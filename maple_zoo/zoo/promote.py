@@ -153,8 +153,10 @@ def promote_checkpoint(
     progress: ProgressFactory | None = None,
 ) -> Promotion:
     """Upload a checkpoint folder as the next version of `name` (default `<dataset>-<shots>shot`)."""
+    if name:
+        validate_name(name)  # before touching the folder: a bad name is the first thing to report
     card, files = read_checkpoint(folder)
-    name = validate_name(name) if name else default_name(card["dataset"], card["shots"])
+    name = name or default_name(card["dataset"], card["shots"])
     store = store or (config or load_config()).open_store()
     source_run = source_run or card.get("mlflow_run_id")
 
