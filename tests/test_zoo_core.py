@@ -264,3 +264,21 @@ def test_killed_pull_process_leaves_no_entry(tmp_path):
     os.utime(partials[0], (old, old))
     _sweep_partials(name_dir)
     assert not partials[0].exists() and (name_dir / "v1").is_dir()
+
+
+def test_concurrent_promotions_from_processes_local(tmp_path):
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    script = ("import sys; from maple_zoo.zoo import promote_checkpoint; from maple_zoo.zoo.stores import LocalStore;"
+              "print(promote_checkpoint(sys.argv[1], store=LocalStore(sys.argv[2])).ref)")
+    folders = [make_checkpoint(tmp_path / f"ck{i}", seed=i) for i in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(f), str(store)], stdout=subprocess.PIPE, text=True)
+             for f in folders]
+    refs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert refs == ["eurosat-16shot@v1", "eurosat-16shot@v2", "eurosat-16shot@v3"]
+    from maple_zoo.zoo.stores import LocalStore
+
+    index, _ = read_index(LocalStore(store))
+    assert {r.card["seed"] for r in index.entries["eurosat-16shot"].versions} == {0, 1, 2}
