@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sys
 
+import pydantic
 import typer
 
 from .errors import MapleZooError
+from .yamlio import format_error
 
 app = typer.Typer(
     name="maple-zoo",
@@ -38,6 +40,9 @@ def main() -> None:
         app(standalone_mode=False)
     except MapleZooError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except pydantic.ValidationError as exc:  # a typed object built from command-line values
+        typer.secho(f"error: {format_error(exc, 'input', None)}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         typer.secho("aborted", err=True)

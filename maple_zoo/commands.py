@@ -48,11 +48,12 @@ def eval_(
     from .engine.device import resolve_device, resolve_precision
     from .engine.evaluate import evaluate
     from .engine.restore import load_method
+    from .yamlio import validate
 
     subsample = {"base": "base", "novel": "new", "new": "new", "all": "all"}.get(split)
     if subsample is None:
         raise MapleZooError(f"--split must be base, novel or all, not '{split}'")
-    data = DataConfig(dataset=dataset, root=root)
+    data = validate(DataConfig, {"dataset": dataset, "root": root}, "command line", prefix=("--",))
     cs = class_set(load_dataset(data, seed=seed), subsample)
     dev = resolve_device(device)
     method, card, bb = load_method(checkpoint, dev, cs.classnames, get_dataset(dataset).template)

@@ -66,7 +66,7 @@ def format_error(exc: pydantic.ValidationError, source: str, lines: LineMap | No
     errors = exc.errors(include_url=False)
     first = errors[0]
     path = prefix + tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    key = ".".join(str(p) for p in path) or "<top>"
+    key = ".".join(str(p) for p in path).replace("--.", "--") or "<top>"
     line = lines.line(path) if lines else None
     where = f"{source}:{line}" if line else source
     msg = first["msg"].removeprefix("Value error, ")
