@@ -90,8 +90,14 @@ def test_repr_hides_credentials_in_urls():
 
 def test_checkpoint_checks(tmp_path):
     ck = make_checkpoint(tmp_path / "ck")
+    (ck / "optimizer.safetensors").write_bytes((ck / "prompts.safetensors").read_bytes())  # resume-only state
+    (ck / ".DS_Store").write_bytes(b"junk")
     _, files = read_checkpoint(ck)
     assert set(files) == {"card.json", "prompts.safetensors"}
+    (ck / "sub").mkdir()
+    with pytest.raises(MapleZooError, match="plain files only"):
+        read_checkpoint(ck)
+    (ck / "sub").rmdir()
     (ck / "prompts.safetensors").write_bytes(b"\xff" * 16)
     with pytest.raises(MapleZooError, match="not a valid safetensors file"):
         read_checkpoint(ck)

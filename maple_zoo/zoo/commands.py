@@ -1,4 +1,8 @@
-"""`maple-zoo promote | list | show | pull | publish-index`: thin commands over the zoo functions."""
+"""`maple-zoo promote | list | show | pull | publish-index`: thin commands over the zoo functions.
+
+Commands that take a zoo entry elsewhere (eval, predict) reuse the shared options and resolve it with
+`pull(ref, config=config_from_flags(store, endpoint_url, config), offline=offline)`.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file wi
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _config(store: str | None, endpoint_url: str | None, config: Path | None):
+def config_from_flags(store: str | None = None, endpoint_url: str | None = None, config: Path | None = None):
+    """The ZooConfig for the shared flags; eval/predict reuse StoreOpt/EndpointOpt/ConfigOpt and this."""
     return load_config(config, store=store, endpoint_url=endpoint_url)
 
 
@@ -97,7 +102,7 @@ def promote(
         raise MapleZooError("promote: give exactly one of --from-checkpoint DIR or --from-run RUN_ID")
     if name and "@" in name:
         raise MapleZooError(f"promote: {show_text(name)}: versions are assigned by the zoo; give a bare NAME")
-    cfg = _config(store, endpoint_url, config)
+    cfg = config_from_flags(store, endpoint_url, config)
     with _progress() as progress:
         if from_run:
             p = promote_from_mlflow_run(from_run, name, config=cfg, tracking_uri=tracking_uri, alias=alias,
@@ -116,7 +121,7 @@ def promote(
 def list_entries(json_out: JsonOpt = False, store: StoreOpt = None, endpoint_url: EndpointOpt = None,
                  config: ConfigOpt = None) -> None:
     """List zoo entries with their newest version."""
-    zoo = _config(store, endpoint_url, config).open_store()
+    zoo = config_from_flags(store, endpoint_url, config).open_store()
     index, _ = read_index(zoo)
     entries = {n: e for n, e in sorted(index.entries.items()) if e.versions}
     if json_out:
@@ -143,7 +148,7 @@ def show(ref: Annotated[str, typer.Argument(help="NAME or NAME@vN.")], json_out:
          store: StoreOpt = None, endpoint_url: EndpointOpt = None, config: ConfigOpt = None) -> None:
     """Show an entry's versions, or one version's card and files."""
     name, version = parse_ref(ref)
-    index, _ = read_index(_config(store, endpoint_url, config).open_store())
+    index, _ = read_index(config_from_flags(store, endpoint_url, config).open_store())
     record = index.resolve(name, version)
     entry: EntryRecord = index.entries[name]
     if json_out:
@@ -173,7 +178,7 @@ def pull_cmd(
     """Download NAME or NAME@vN, verify every sha256, and place it in the cache atomically."""
     from .pull import pull
 
-    cfg = _config(store, endpoint_url, config)
+    cfg = config_from_flags(store, endpoint_url, config)
     with _progress() as progress:
         entry = pull(ref, config=cfg, offline=offline, to=to, progress=progress)
     how = "cached, verified" if entry.from_cache else "downloaded, verified"
@@ -185,7 +190,7 @@ def publish_index(
     store: StoreOpt = None, endpoint_url: EndpointOpt = None, config: ConfigOpt = None,
 ) -> None:
     """Write the store's index as the published catalogue (zoo_index.yaml)."""
-    index, _ = read_index(_config(store, endpoint_url, config).open_store())
+    index, _ = read_index(config_from_flags(store, endpoint_url, config).open_store())
     export_catalogue(index, out)
     n = sum(len(e.versions) for e in index.entries.values())
     typer.echo(f"wrote {out} ({len(index.entries)} names, {n} versions)")

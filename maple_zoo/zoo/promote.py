@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 CARD = "card.json"
 PROMPTS = "prompts.safetensors"
 CHECKPOINT_FORMAT = "maple-zoo/checkpoint/1"
+# Resume-only state the training engine may leave in a checkpoint; never part of a zoo entry.
+TRAINING_ONLY = {"optimizer.safetensors"}
 MLFLOW_TAG = "maple_zoo.promoted_as"
 
 
@@ -90,7 +92,7 @@ def read_checkpoint(folder: str | Path) -> tuple[dict, dict[str, Path]]:
         raise MapleZooError(f"{card_path}: 'method' must be a mapping with a 'name'")
     files: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
+        if p.name.startswith(".") or p.name in TRAINING_ONLY:
             continue
         if not p.is_file():
             raise MapleZooError(f"{p}: checkpoint folders hold plain files only")
