@@ -282,3 +282,20 @@ def test_concurrent_promotions_from_processes_local(tmp_path):
 
     index, _ = read_index(LocalStore(store))
     assert {r.card["seed"] for r in index.entries["eurosat-16shot"].versions} == {0, 1, 2}
+
+
+def test_s3_misconfiguration_gives_one_line_errors(moto_endpoint, tmp_path):
+    from maple_zoo.zoo.config import ZooConfig
+    from maple_zoo.zoo.s3 import S3Options
+
+    cases = [
+        (S3Options(endpoint_url=moto_endpoint, profile="no-such-profile"), "s3://b/zoo", "cannot create the S3 client"),
+        (S3Options(endpoint_url="http://user:pw@127.0.0.1:1", max_attempts=1), "s3://b/zoo", "cannot reach http://***@"),
+        (S3Options(endpoint_url=moto_endpoint), "s3://no-such-bucket/zoo", "bucket 'no-such-bucket' does not exist"),
+        (S3Options(endpoint_url=moto_endpoint), "s3:///zoo", "missing bucket name"),
+    ]
+    for options, url, message in cases:
+        cfg = ZooConfig(store=url, s3=options, cache_dir=tmp_path / "cache")
+        with pytest.raises(MapleZooError) as info:
+            pull("eurosat-16shot", config=cfg)
+        assert message in str(info.value) and "\n" not in str(info.value) and ":pw@" not in str(info.value)
