@@ -13,8 +13,12 @@ Image tower:
 A prompt is (n, width), shared by every class / image, or (rows, n, width) with one row per class
 (text) or per image (vision). Widths, depths and lengths are read from the loaded model.
 
-Speed, exact under the causal mask: tokens after the longest sequence's end-of-text token never
-influence the pooled output, so the text sequence is cut there (`truncate=True`).
+Speed, all exact (same outputs within float tolerance; `fast=False` and `truncate=False` give the
+plain path that tests compare against):
+- tokens after the longest sequence's end-of-text token never influence the pooled output under the
+  causal mask, so the text sequence is cut there (`truncate=True`);
+- blocks run through `blocks.block_forward` (fused attention), and the last block of each tower only
+  computes the pooled rows (CLS, end-of-text).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MapleZooError
+from .blocks import block_forward
 
 Tensor = torch.Tensor
 
@@ -77,6 +82,8 @@ class PromptedCLIP(nn.Module):
         if self.pool_type not in ("argmax", "eos"):
             raise MapleZooError(f"text pool type '{self.pool_type}' is not supported (argmax or eos)")
         self.eos_id = getattr(model, "text_eos_id", None) or getattr(tokenizer, "eot_token_id", None)
+        self.fast = True  # fused attention + last-block pruning; False runs open_clip's own blocks
+        self._pools_cls = getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", "tok") == "tok"
 
     # ---------------------------------------------------------------- sizes, read from the model
     @property
@@ -149,11 +156,16 @@ class PromptedCLIP(nn.Module):
         x = x[:, :length] + self.clip.positional_embedding[:length].to(x.dtype)
         mask = self.clip.attn_mask[:length, :length] if self.clip.attn_mask is not None else None
         blocks = self.clip.transformer.resblocks
+        prune = self.fast and not hidden_layers  # the hidden states of every position are wanted otherwise
         hidden = []
         for i, block in enumerate(blocks):
             if 1 <= i <= len(prompts.deep) and prompts.deep[i - 1] is not None:
                 x = _replace(x, prompts.deep[i - 1], prompts.start)
-            x = block(x, attn_mask=mask)
+            if prune and i == len(blocks) - 1:
+                x = block_forward(block, x, mask, rows=eot)  # (rows, 1, width): the end-of-text rows only
+                eot = torch.zeros_like(eot)
+            else:
+                x = block_forward(block, x, mask) if self.fast else block(x, attn_mask=mask)
             if i >= len(blocks) - hidden_layers:
                 hidden.append(x)
         x = self.clip.ln_final(x)
@@ -178,14 +190,20 @@ class PromptedCLIP(nn.Module):
             n_prompt = first.shape[1]
             x = torch.cat([x, first], dim=1)
         x = v.ln_pre(x)
-        for i, block in enumerate(v.transformer.resblocks):
+        blocks = v.transformer.resblocks
+        for i, block in enumerate(blocks):
             if 1 <= i <= len(prompts.deep) and prompts.deep[i - 1] is not None:
                 deep = _rows(prompts.deep[i - 1], x.shape[0]).to(x.dtype)
                 x = torch.cat([x[:, : x.shape[1] - n_prompt], deep], dim=1)
                 n_prompt = deep.shape[1]
             if i in prompts.hooks:
                 x = prompts.hooks[i](x)
-            x = block(x)
+            if self.fast and self._pools_cls and i == len(blocks) - 1:
+                cls_rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+                x = block_forward(block, x, rows=cls_rows)  # only the CLS row is pooled
+                n_prompt = 0
+            else:
+                x = block_forward(block, x) if self.fast else block(x)
         if n_prompt:
             x = x[:, : x.shape[1] - n_prompt]
         pooled, _ = v._pool(x)
