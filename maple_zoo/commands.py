@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import MapleZooError
+from .zoo.commands import ConfigOpt, EndpointOpt, StoreOpt
 
 
 def _print_json(obj) -> None:
@@ -31,8 +32,19 @@ def train(
     typer.echo(f"checkpoint: {result.checkpoint}")
 
 
+def resolve_checkpoint(ref: str, store=None, endpoint_url=None, config=None, offline: bool = False) -> Path:
+    """A checkpoint folder given directly, or a zoo entry NAME[@vN] pulled (verified) into the cache."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    from .zoo import pull
+    from .zoo.commands import config_from_flags
+
+    return pull(ref, config=config_from_flags(store, endpoint_url, config), offline=offline).path
+
+
 def eval_(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder (prompts.safetensors + card.json)")],
+    checkpoint: Annotated[str, typer.Argument(help="checkpoint folder, or a zoo entry NAME[@vN]")],
     dataset: Annotated[str, typer.Option(help="dataset registry name")],
     root: Annotated[Path, typer.Option(help="data root")],
     split: Annotated[str, typer.Option(help="base | novel | all")] = "all",
@@ -40,8 +52,12 @@ def eval_(
     batch_size: int = 100,
     device: str = "auto",
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    store: StoreOpt = None,
+    endpoint_url: EndpointOpt = None,
+    config: ConfigOpt = None,
+    offline: Annotated[bool, typer.Option(help="use the zoo cache only")] = False,
 ) -> None:
-    """Evaluate a checkpoint on a dataset's test split (base, novel or all classes)."""
+    """Evaluate a checkpoint or zoo entry on a dataset's test split (base, novel or all classes)."""
     from .config import DataConfig
     from .data.datasets import get_dataset
     from .engine.data import class_set, eval_loader, load_dataset
@@ -56,12 +72,40 @@ def eval_(
     data = validate(DataConfig, {"dataset": dataset, "root": root}, "command line", prefix=("--",))
     cs = class_set(load_dataset(data, seed=seed), subsample)
     dev = resolve_device(device)
-    method, card, bb = load_method(checkpoint, dev, cs.classnames, get_dataset(dataset).template)
+    folder = resolve_checkpoint(checkpoint, store, endpoint_url, config, offline)
+    method, card, bb = load_method(folder, dev, cs.classnames, get_dataset(dataset).template)
     loader = eval_loader(cs.test, bb, batch_size, data)
     metrics = evaluate(method, loader, dev, resolve_precision("auto", dev))
     out = {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "classes": len(cs.classnames), **metrics}
     _print_json(out) if as_json else typer.echo(
         f"{dataset} {split}: accuracy {metrics['accuracy']:.2f}%  macro-F1 {metrics['macro_f1']:.2f}%  ({metrics['n']} images)")
+
+
+def predict(
+    ref: Annotated[str, typer.Argument(help="zoo entry NAME[@vN] or a checkpoint folder")],
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    top_k: Annotated[int, typer.Option("--top-k")] = 3,
+    classes: Annotated[Optional[str], typer.Option(help="comma-separated class names (default: the entry's)")] = None,
+    device: str = "auto",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    store: StoreOpt = None,
+    endpoint_url: EndpointOpt = None,
+    config: ConfigOpt = None,
+    offline: Annotated[bool, typer.Option(help="use the zoo cache only")] = False,
+) -> None:
+    """Classify images with a zoo entry's prompts: top-k class names and probabilities."""
+    from .predict import predict_images
+
+    folder = resolve_checkpoint(ref, store, endpoint_url, config, offline)
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    results = predict_images(folder, images, top_k=top_k, classnames=names, device=device)
+    if as_json:
+        _print_json(results)
+        return
+    for item in results:
+        typer.echo(item["image"])
+        for row in item["top"]:
+            typer.echo(f"  {row['score']:6.2%}  {row['class']}")
 
 
 def info(
@@ -106,6 +150,7 @@ def register(app: typer.Typer) -> None:
 
     app.command("train")(train)
     app.command("eval")(eval_)
+    app.command("predict")(predict)
     app.command("info")(info)
     app.command("methods")(methods)
     app.add_typer(bench_app, name="bench")
