@@ -27,13 +27,16 @@ def average_gradients(params: list[torch.Tensor]) -> None:
     _, size = world()
     if size == 1:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    # a parameter frozen for this stage (grad None) stays None on every rank: SGD must skip it, weight decay too
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in with_grad])
     dist.all_reduce(flat)
     flat /= size
     offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
+    for p in with_grad:
+        n = p.grad.numel()
         p.grad = flat[offset:offset + n].view_as(p).clone()
         offset += n
 

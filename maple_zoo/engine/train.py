@@ -46,6 +46,9 @@ class Trainer:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        stage_hook = getattr(self.method, "on_epoch_start", None)  # staged methods (APLe) switch branches here
+        if stage_hook is not None:
+            stage_hook(epoch, self.optim_cfg.epochs)
         self.method.train()
         self.method.clip.eval()  # the frozen CLIP never leaves eval mode (no dropout, fixed norms)
         total_loss = correct = seen = 0.0
