@@ -1,3 +1,3 @@
 """Import every method module so each registers itself."""
 
-from . import maple, zeroshot  # noqa: F401
+from . import aple, cocoop, comma, coop, ivlp, language, maple, vpt, zeroshot  # noqa: F401
