@@ -12,7 +12,7 @@ import json
 import platform
 import statistics
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import torch
 import typer
@@ -113,8 +113,8 @@ Method = Annotated[str, typer.Option(help="method name")]
 @bench_app.command("train-step")
 def train_step(
     arch: str = "ViT-B-16", classes: int = 10, batch: int = 4, steps: int = 3, device: str = "cpu",
-    method: Method = "maple", n_ctx: Annotated[Optional[int], typer.Option("--n-ctx")] = None,
-    depth: Optional[int] = None, precision: str = "auto", threads: Optional[int] = None,
+    method: Method = "maple", n_ctx: Annotated[int | None, typer.Option("--n-ctx")] = None,
+    depth: int | None = None, precision: str = "auto", threads: int | None = None,
     compare: Annotated[bool, typer.Option(help="also time the plain path and print the ratio")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -143,8 +143,8 @@ def train_step(
 @bench_app.command("eval")
 def eval_(
     arch: str = "ViT-B-16", classes: int = 1000, batch: int = 100, batches: int = 2, device: str = "cpu",
-    method: Method = "maple", n_ctx: Annotated[Optional[int], typer.Option("--n-ctx")] = None,
-    depth: Optional[int] = None, precision: str = "auto", threads: Optional[int] = None,
+    method: Method = "maple", n_ctx: Annotated[int | None, typer.Option("--n-ctx")] = None,
+    depth: int | None = None, precision: str = "auto", threads: int | None = None,
     compare: Annotated[bool, typer.Option(help="also time the plain path and print the ratio")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:

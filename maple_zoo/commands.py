@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,8 +18,8 @@ def _print_json(obj) -> None:
 
 def train(
     config: Annotated[Path, typer.Argument(help="train config YAML")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: optim.lr=0.002")] = None,
-    output_dir: Annotated[Optional[Path], typer.Option(help="where the checkpoint and metrics go")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: optim.lr=0.002")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="where the checkpoint and metrics go")] = None,
 ) -> None:
     """Train one run in-process (base-to-novel by default) and evaluate it."""
     from .config import load_train_config
@@ -85,7 +85,7 @@ def predict(
     ref: Annotated[str, typer.Argument(help="zoo entry NAME[@vN] or a checkpoint folder")],
     images: Annotated[list[Path], typer.Argument(help="image files")],
     top_k: Annotated[int, typer.Option("--top-k")] = 3,
-    classes: Annotated[Optional[str], typer.Option(help="comma-separated class names (default: the entry's)")] = None,
+    classes: Annotated[str | None, typer.Option(help="comma-separated class names (default: the entry's)")] = None,
     device: str = "auto",
     as_json: Annotated[bool, typer.Option("--json")] = False,
     store: StoreOpt = None,
@@ -112,9 +112,9 @@ def info(
     kind: Annotated[str, typer.Argument(help="'method'")],
     name: Annotated[str, typer.Argument(help="method name, e.g. maple")],
     arch: str = "ViT-B-16",
-    n_ctx: Annotated[Optional[int], typer.Option("--n-ctx")] = None,
-    depth: Optional[int] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="other method options: generator_grad=false")] = None,
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx")] = None,
+    depth: int | None = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="other method options: generator_grad=false")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Describe a method on an architecture: trainable parameters and tensor shapes (random weights)."""

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validat
 
 from .backbones import BackboneConfig
 from .data.datasets import get_dataset
+from .errors import MapleZooError
 from .methods import MethodOptions, get_method
 from .yamlio import LineMap, apply_overrides, read_yaml, validate
-from .errors import MapleZooError
 
 
 class Strict(BaseModel):
@@ -52,7 +52,7 @@ class OptimConfig(Strict):
     warmup_lr: float = 1e-5
     eval_batch_size: int = 100
 
-    def resolved(self, reference: dict) -> "OptimConfig":
+    def resolved(self, reference: dict) -> OptimConfig:
         return self.model_copy(update={k: v for k, v in reference.items() if getattr(self, k) is None})
 
 
@@ -87,7 +87,7 @@ class TrainConfig(Strict):
     output_dir: Path = Path("runs/train")
 
     @model_validator(mode="after")
-    def _fill_reference_optim(self) -> "TrainConfig":
+    def _fill_reference_optim(self) -> TrainConfig:
         self.optim = self.optim.resolved(get_method(self.method.name).reference_optim)
         if self.protocol in ("cross_dataset", "domain_generalisation") and not self.targets:
             raise ValueError(f"protocol {self.protocol} needs a list of targets")

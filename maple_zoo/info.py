@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .backbones import BackboneConfig, load_backbone
 from .config import parse_method
+from .errors import MapleZooError
 from .methods import get_method
 from .prompting import PromptedCLIP
 from .yamlio import apply_overrides
@@ -14,10 +15,14 @@ def method_info(name: str, arch: str, n_ctx: int | None = None, depth: int | Non
     cls = get_method(name)
     raw = {"name": name}
     fields = cls.Options.model_fields
-    if n_ctx is not None:
-        raw["n_ctx" if "n_ctx" in fields else "n_ctx_text"] = n_ctx
-    if depth is not None:
-        raw["depth" if "depth" in fields else "depth_text"] = depth
+    for flag, key, value in (("--n-ctx", "n_ctx", n_ctx), ("--depth", "depth", depth)):
+        if value is None:
+            continue
+        # one shared field (maple, comma, vpt...), else both towers' fields (ivlp)
+        targets = [key] if key in fields else [f for f in (f"{key}_text", f"{key}_vision") if f in fields]
+        if not targets:
+            raise MapleZooError(f"method {name} has no {key.replace('_', '-')} option; drop {flag}")
+        raw.update(dict.fromkeys(targets, value))
     raw = apply_overrides(raw, overrides or [], "--set")
     options = parse_method(raw, "command line", prefix=())
     bb = load_backbone(BackboneConfig(arch=arch, pretrained=None))

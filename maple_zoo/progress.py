@@ -6,11 +6,18 @@ The engine talks to a `Reporter`; quiet reporters (non-zero ranks, tests) print 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class Task:
-    def __init__(self, reporter: "Reporter", description: str, total: int | None):
+    def __init__(self, reporter: Reporter, description: str, total: int | None):
         self.reporter, self.description = reporter, description
         self.progress = None
         if not reporter.quiet and reporter.console.is_terminal:

@@ -4,8 +4,8 @@ import math
 from pathlib import Path
 
 import pytest
-
 from coop_layout import NAMES, make_eurosat
+
 from maple_zoo.config import load_train_config, train_config_from_dict
 from maple_zoo.data.datasets import Datum, Splits, load_splits
 from maple_zoo.data.fewshot import class_split, fewshot, subsample_classes

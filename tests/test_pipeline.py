@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from coop_layout import make_eurosat
+
 from maple_zoo.backbones import BackboneConfig, load_backbone
 from maple_zoo.config import train_config_from_dict
 from maple_zoo.engine.restore import load_method

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from coop_layout import make_eurosat
 
 

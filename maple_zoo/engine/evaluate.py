@@ -34,4 +34,4 @@ def predict(method: PromptMethod, loader, device: torch.device, precision: str =
 def evaluate(method: PromptMethod, loader, device: torch.device, precision: str = "fp32") -> dict[str, float]:
     logits, labels = predict(method, loader, device, precision)
     pred = logits.argmax(-1)
-    return {"accuracy": accuracy(pred, labels), "macro_f1": macro_f1(pred, labels), "n": int(len(labels))}
+    return {"accuracy": accuracy(pred, labels), "macro_f1": macro_f1(pred, labels), "n": len(labels)}

@@ -180,7 +180,7 @@ def run_training(cfg: TrainConfig, hooks: RunHooks | None = None) -> RunResult:
     loader = run.loader(trained.train, train=True) if cfg.optim.epochs > start_epoch else None
     for epoch in range(start_epoch, cfg.optim.epochs):
         bar = say.task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(loader))
-        result = trainer.train_epoch(loader, epoch, on_step=lambda s, n, loss: bar.update_to(s, loss=loss))
+        result = trainer.train_epoch(loader, epoch, on_step=lambda s, n, loss, bar=bar: bar.update_to(s, loss=loss))
         metrics = {"epoch": result.epoch, "lr": result.lr, "train_loss": result.loss, "train_acc": result.train_acc,
                    "epoch_seconds": result.seconds, "data_wait_fraction": result.data_wait_fraction}
         if cfg.validation.every_epoch:

@@ -38,8 +38,6 @@ class PromptMethod(nn.Module):
     reference_optim: ClassVar[dict] = {"lr": 0.0035, "epochs": 5, "batch_size": 4}
     # True when text features depend on the image (CoCoOp): evaluation cannot cache them
     image_conditioned: ClassVar[bool] = False
-    # prompt template used when the dataset does not impose one ("a photo of a {}." for MaPLe & co)
-    uses_dataset_template: ClassVar[bool] = False
 
     def __init__(self, clip: PromptedCLIP, classnames: list[str], options: MethodOptions, template: str):
         super().__init__()

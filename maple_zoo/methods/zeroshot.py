@@ -17,7 +17,6 @@ class ZeroShotOptions(MethodOptions):
 class ZeroShotCLIP(PromptMethod):
     Options = ZeroShotOptions
     reference_optim = {"lr": 0.0, "epochs": 0, "batch_size": 4}
-    uses_dataset_template = True
 
     def __init__(self, clip: PromptedCLIP, classnames: list[str], options: ZeroShotOptions, template: str):
         super().__init__(clip, classnames, options, template)
