@@ -1,5 +1,7 @@
-"""APLe-style (reconstructed): sequential language-then-vision prompt training with zero-shot KL guidance and an
-FFT + Gaussian low-pass adapter. NOT APLe: no code or hyper-parameters of APLe (Cao et al., arXiv 2401.06827)
+"""APLe-style (reconstructed, not APLe): language then vision prompts, zero-shot KL, FFT low-pass adapter.
+
+Sequential language-then-vision prompt training with zero-shot KL guidance and an FFT + Gaussian
+low-pass adapter. NOT APLe: no code or hyper-parameters of APLe (Cao et al., arXiv 2401.06827)
 are public; every unknown is a knob with the defaults of methods.md §3.3, and results are "APLe-style".
 
 Prompts: IVLP-style uncoupled stacks (text ctx from "a photo of a" + deep text prompts, vision prompts

@@ -1,5 +1,7 @@
-"""COMMA (Hu et al., AAAI 2024): MaPLe whose deep vision prompts are generated from the previous layer's
-vision and text prompts, plus a knowledge-preservation loss against frozen CLIP.
+"""COMMA (Hu et al., AAAI 2024): MaPLe with attention-generated deep vision prompts and knowledge preservation.
+
+Deep vision prompts are generated from the previous layer's vision and text prompts, plus a
+knowledge-preservation loss against frozen CLIP.
 
 Learned, as the official trainers/comma.py (parameter names kept, so its checkpoints map one to one):
 the layer-0 text context `ctx` (first n_ctx token embeddings of "a photo of a"), the layer-0 coupling

@@ -1,4 +1,4 @@
-"""IVLP, independent vision-language prompting (trainers/independentVL.py): deep text and deep vision prompts, no coupling.
+"""IVLP, independent V-L prompting (trainers/independentVL.py): deep text and vision prompts, no coupling.
 
 Text: layer-0 `ctx` (first n_ctx token embeddings of "a photo of a" when n_ctx <= 4, else N(0, 0.02) and
 prefix "X X ..."), then one N(0, 0.02) prompt replacing the same positions at each of blocks 1..depth-1.
@@ -32,15 +32,15 @@ class IndependentPromptLearner(nn.Module):
     def __init__(self, clip: PromptedCLIP, n_ctx_text: int, depth_text: int, n_ctx_vision: int, depth_vision: int,
                  ctx_init: str | None, method: str):
         super().__init__()
-        check_depth(method, "text depth", depth_text, clip.text_layers)
-        check_depth(method, "vision depth", depth_vision, clip.vision_layers)
         self.prefix: str | None = None
         self.text_ctx = self.vision_ctx = None
         if n_ctx_text and depth_text:
+            check_depth(method, "text depth", depth_text, clip.text_layers)
             ctx, self.prefix = init_text_context(clip, n_ctx_text, ctx_init)
             self.text_ctx = nn.Parameter(ctx)
             self.text_deep = normal_prompts(depth_text - 1, n_ctx_text, clip.text_width)
         if n_ctx_vision and depth_vision:
+            check_depth(method, "vision depth", depth_vision, clip.vision_layers)
             self.vision_ctx = normal_prompts(1, n_ctx_vision, clip.vision_width)[0]
             self.vision_deep = normal_prompts(depth_vision - 1, n_ctx_vision, clip.vision_width)
 

@@ -1,4 +1,4 @@
-"""Deep language prompting (the IVLP trainer, language-only config): text prompts at every layer, image tower untouched.
+"""Deep language prompting (IVLP trainer, language-only config): text prompts at every layer.
 
 4 text tokens, so all of "a photo of a" becomes learnable at layer 0, then a fresh N(0, 0.02) prompt at
 each of blocks 1..11: 12 x 4 x d_text = 24,576 parameters at ViT-B/16.

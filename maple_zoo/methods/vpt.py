@@ -1,4 +1,4 @@
-"""Deep vision prompting, VPT-deep (trainers/vpt.py): vision prompts at every layer, fixed "a photo of a {c}." text.
+"""Deep vision prompting, VPT-deep (trainers/vpt.py): vision prompts at every layer, fixed text.
 
 Vision: 8 tokens ~ N(0, 0.02) appended after the patch tokens, and a fresh N(0, 0.02) prompt replacing
 them at each of blocks 1..depth-1 (depth 12): 12 x 8 x d_vision = 73,728 parameters at ViT-B/16.
