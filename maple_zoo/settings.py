@@ -148,6 +148,7 @@ class SettingsFile(BaseModel):
 
 
 SECTIONS = tuple(SettingsFile.model_fields)
+SPEC_KEYS = ("tracking_uri", "experiment", "storage_path", "storage_endpoint_url", "storage_region")
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,22 @@ class Resolved:
         """kwargs for `ray.init`: the address (None = a local Ray) and the job's runtime_env.
 
         runtime_env.env_vars gets the forwarded variables from this process's environment; values
-        written in the file's runtime_env.env_vars win over forwarded ones.
+        written in the file's runtime_env.env_vars win over forwarded ones. Under `ray job submit`
+        (or a KubeRay RayJob) whatever the submitted job's runtime_env already sets is left out:
+        Ray refuses to merge a driver's runtime_env that repeats a key of the job's.
         """
         runtime_env = dict(self.runtime_env)
         forwarded = {k: os.environ[k] for k in self.forward_env if os.environ.get(k)}
         if self.tracking_uri and "MLFLOW_TRACKING_URI" in self.forward_env:
             forwarded["MLFLOW_TRACKING_URI"] = self.tracking_uri  # the resolved one, flag included
         env_vars = {**forwarded, **(runtime_env.get("env_vars") or {})}
+        job_env = _submitted_job_runtime_env()
+        for key in job_env:
+            if key != "env_vars":
+                runtime_env.pop(key, None)
+        for key in job_env.get("env_vars") or {}:
+            env_vars.pop(key, None)
+        runtime_env.pop("env_vars", None)
         if env_vars:
             runtime_env["env_vars"] = env_vars
         return {"address": self.ray_address, "runtime_env": runtime_env or None}
@@ -236,6 +246,19 @@ class Resolved:
         return rows
 
 
+def _submitted_job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the Ray job this driver was submitted as ({} outside `ray job submit`)."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the entrypoint
+    if not raw:
+        return {}
+    try:
+        return dict(json.loads(raw).get("runtime_env") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
 # -- the file ------------------------------------------------------------------------------------
 
 
@@ -270,21 +293,25 @@ def read_settings_file(path: Path | None) -> tuple[SettingsFile, LineMap | None]
 # -- resolution ----------------------------------------------------------------------------------
 
 
-def resolve(flag: Any, flag_name: str | None, env: str | None, file_value: Any, file_where: str,
+def resolve(flag: Any, flag_name: str | None, env: str | None, *files: tuple[Any, str],
             default: Any = None) -> tuple[Any, str]:
-    """One setting by precedence flag > env > file > default: (value, where it came from)."""
+    """One setting by precedence flag > env > files (in the order given) > default: (value, source).
+
+    Each file layer is (value, where) with where like "maple-zoo.yaml:3 tracking.uri"; None = not set.
+    """
     if flag is not None and flag != "":
         return flag, f"flag {flag_name}" if flag_name else "argument"
     if env and _strip(os.environ.get(env)):
         return os.environ[env].strip(), f"env {env}"
-    if file_value is not None and file_value != "":
-        return file_value, file_where
+    for value, where in files:
+        if value is not None and value != "":
+            return value, where
     return default, "default"
 
 
 def _check(value: Any, source: str, key: str, check) -> Any:
-    """Validate a flag or env value with the file's rule, naming where it came from in one line."""
-    if value is None or not source.startswith(("flag", "env", "argument")):
+    """Validate a flag, env or sweep-file value with the file's rule, naming where it came from."""
+    if value is None or source == "default":
         return value
     try:
         return check(value)
@@ -302,8 +329,20 @@ def load_settings(
     storage_endpoint_url: str | None = None,
     zoo_store: str | None = None,
     zoo_endpoint_url: str | None = None,
+    spec: dict[str, tuple[Any, str]] | None = None,
 ) -> Resolved:
-    """Resolve every setting: arguments are the command-line flags (None = not given)."""
+    """Resolve every setting: keyword arguments are the command-line flags (None = not given).
+
+    `spec` holds the values a sweep file sets itself, {setting: (value, "sweeps/x.yaml:7 tracking.uri")}
+    for the keys tracking_uri, experiment, storage_path, storage_endpoint_url, storage_region. They rank
+    between the environment and maple-zoo.yaml: flag > env > sweep file > maple-zoo.yaml > default, so
+    a cluster's environment wins over a laptop path written in a sweep file.
+    """
+    spec = dict(spec or {})
+    unknown = set(spec) - set(SPEC_KEYS)
+    if unknown:
+        raise TypeError(f"unknown sweep-file settings: {sorted(unknown)}")
+    none = (None, "")
     path, why = config_path(config_file)
     f, lines = read_settings_file(path)
 
@@ -314,32 +353,34 @@ def load_settings(
     src: dict[str, str] = {"config_file": why}
     v: dict[str, Any] = {}
     v["tracking_uri"], src["tracking_uri"] = resolve(tracking_uri, "--tracking-uri", ENV_TRACKING_URI,
-                                                     f.tracking.uri, where("tracking", "uri"))
+                                                     spec.get("tracking_uri", none),
+                                                     (f.tracking.uri, where("tracking", "uri")))
     _check(v["tracking_uri"], src["tracking_uri"], "tracking.uri", check_tracking_uri)
     v["experiment"], src["experiment"] = resolve(experiment, "--experiment", ENV_EXPERIMENT,
-                                                 f.tracking.experiment, where("tracking", "experiment"))
+                                                 spec.get("experiment", none),
+                                                 (f.tracking.experiment, where("tracking", "experiment")))
     v["ray_address"], src["ray_address"] = resolve(address, "--address", ENV_RAY_ADDRESS,
-                                                   f.ray.address, where("ray", "address"))
+                                                   (f.ray.address, where("ray", "address")))
     _check(v["ray_address"], src["ray_address"], "ray.address", check_address)
     src["runtime_env"] = where("ray", "runtime_env") if f.ray.runtime_env else "default"
 
     env_forward = _strip(os.environ.get(ENV_FORWARD))
     forward_list = [n.strip() for n in env_forward.split(",") if n.strip()] if env_forward else None
-    forward, src["forward_env"] = resolve(forward_list, None, None, f.ray.forward_env, where("ray", "forward_env"),
-                                          list(DEFAULT_FORWARD_ENV))
+    forward, src["forward_env"] = resolve(forward_list, None, None, (f.ray.forward_env, where("ray", "forward_env")),
+                                          default=list(DEFAULT_FORWARD_ENV))
     if forward_list is not None:
         src["forward_env"] = f"env {ENV_FORWARD}"
         _check(forward_list, src["forward_env"], "ray.forward_env", check_env_names)
 
-    v["storage_path"], src["storage_path"] = resolve(storage, "--storage", ENV_STORAGE, f.storage.path,
-                                                     where("storage", "path"))
+    v["storage_path"], src["storage_path"] = resolve(storage, "--storage", ENV_STORAGE, spec.get("storage_path", none),
+                                                     (f.storage.path, where("storage", "path")))
 
     zoo = load_zoo_config(path, store=zoo_store, endpoint_url=zoo_endpoint_url)
     zoo_file = f.zoo.s3 if f.zoo else None
     for key in ("endpoint_url", "region"):
         flag = storage_endpoint_url if key == "endpoint_url" else None
-        value, source = resolve(flag, "--storage-endpoint-url", ENV_STORAGE_S3[key],
-                                getattr(f.storage.s3, key), where("storage", "s3", key))
+        value, source = resolve(flag, "--storage-endpoint-url", ENV_STORAGE_S3[key], spec.get(f"storage_{key}", none),
+                                (getattr(f.storage.s3, key), where("storage", "s3", key)))
         if value is None:  # one S3-compatible server for both is the common case: inherit the zoo's
             zoo_value = getattr(zoo.s3, key)
             if zoo_value:
