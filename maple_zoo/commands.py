@@ -141,7 +141,7 @@ def methods() -> None:
     for name in method_names():
         m = get_method(name)
         doc = (sys.modules[m.__module__].__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:<12} lr {m.reference_optim['lr']:<7} epochs {m.reference_optim['epochs']:<4} "
+        typer.echo(f"{name:<14} lr {m.reference_optim['lr']:<7} epochs {m.reference_optim['epochs']:<4} "
                    f"batch {m.reference_optim['batch_size']:<3} {doc}")
 
 

@@ -163,3 +163,11 @@ def test_info_reports_the_reference_parameter_count_for_vit_b16():
     assert json.loads(out.stdout)["trainable_params"] == 3_555_072
     out = _cli("info", "method", "maple", "--arch", "ViT-B-16", "--n-ctx", "2", "--depth", "3", "--json")
     assert json.loads(out.stdout)["trainable_params"] == 1_185_024
+
+
+def test_zero_shot_runs_through_train_without_an_optimiser(data_root, tmp_path):
+    cfg = train_config_from_dict({"method": "zeroshot", "backbone": TINY, "output_dir": str(tmp_path / "zs"),
+                                  "data": {"dataset": "eurosat", "root": str(data_root), "shots": 4}})
+    result = run_training(cfg)
+    assert result.history == [] and {"base_acc", "novel_acc", "hm"} <= set(result.metrics)
+    assert (result.checkpoint / "card.json").is_file()

@@ -168,18 +168,19 @@ def run_training(cfg: TrainConfig, hooks: RunHooks | None = None) -> RunResult:
     method.to(run.device)
     say.line(f"{cfg.method.name} on {cfg.data.dataset} ({len(trained.classnames)} classes, {len(trained.train)} "
              f"train images), {method.num_trainable():,} trainable parameters, {run.device} {run.precision}")
-    trainer = Trainer(method, cfg.optim, run.device, run.precision)
+    epochs = cfg.optim.epochs if method.num_trainable() else 0  # zero-shot methods only evaluate
+    trainer = Trainer(method, cfg.optim, run.device, run.precision) if epochs else None
     start_epoch = 0
-    if hooks.resume_from is not None:
+    if hooks.resume_from is not None and trainer is not None:
         card = ckpt.load_card(hooks.resume_from)
         method.load_trainable_state(ckpt.load_tensors(hooks.resume_from))
         trainer.load_optimizer_state(ckpt.load_tensors(hooks.resume_from, ckpt.OPTIMIZER))
         start_epoch = int(card.get("epoch", 0))
         say.line(f"resumed from {hooks.resume_from} after epoch {start_epoch}")
     history: list[dict] = []
-    loader = run.loader(trained.train, train=True) if cfg.optim.epochs > start_epoch else None
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        bar = say.task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(loader))
+    loader = run.loader(trained.train, train=True) if epochs > start_epoch else None
+    for epoch in range(start_epoch, epochs):
+        bar = say.task(f"epoch {epoch + 1}/{epochs}", total=len(loader))
         result = trainer.train_epoch(loader, epoch, on_step=lambda s, n, loss, bar=bar: bar.update_to(s, loss=loss))
         metrics = {"epoch": result.epoch, "lr": result.lr, "train_loss": result.loss, "train_acc": result.train_acc,
                    "epoch_seconds": result.seconds, "data_wait_fraction": result.data_wait_fraction}
@@ -196,6 +197,10 @@ def run_training(cfg: TrainConfig, hooks: RunHooks | None = None) -> RunResult:
                                      trainer.optimizer_state())
             hooks.on_epoch(metrics, folder)
     final = dict(history[-1]) if history else {}
+    if not history and cfg.validation.every_epoch:  # nothing trained: validate once for the sweep objective
+        final.update(_validate(run, method, trained, pseudo))
+        if hooks.on_epoch is not None:
+            hooks.on_epoch({"epoch": 0, **final}, None)
     if cfg.validation.evaluate_test:
         final.update(_test(run, method))
         method.set_classnames(trained.classnames)
@@ -204,7 +209,7 @@ def run_training(cfg: TrainConfig, hooks: RunHooks | None = None) -> RunResult:
         out = Path(cfg.output_dir)
         checkpoint = ckpt.save_checkpoint(out / "checkpoint", method.trainable_state(),
                                           make_card(cfg, run.backbone, method, run.template,
-                                                    epoch=cfg.optim.epochs, metrics=final))
+                                                    epoch=epochs, metrics=final))
         atomic_write_text(out / "metrics.json", json.dumps({"final": final, "history": history}, indent=2))
         atomic_write_text(out / "config.json", cfg.model_dump_json(indent=2))
     return RunResult(final, checkpoint, history)
