@@ -1,16 +1,17 @@
 """Where maple-zoo runs: one file (`maple-zoo.yaml`) for the Ray cluster, the MLflow tracking server,
 Ray's result storage and the zoo, so a sweep moves from a laptop to a cluster by configuration only.
 
-Precedence, per setting: command-line flag > environment variable > config file > default.
+Precedence, per setting: command-line flag > environment variable > config file > default; a sweep
+file's own `tracking:`/`storage:` keys rank between the environment and this file (`spec=` below).
 The config file is `--config PATH`, else $MAPLE_ZOO_CONFIG, else `./maple-zoo.yaml` when present.
 
     file key (section.key)      environment variable                  default (nothing set)
-    tracking.uri                MLFLOW_TRACKING_URI                   None: the sweep's local SQLite file
-    tracking.experiment         MLFLOW_EXPERIMENT_NAME                None: the sweep spec's name
-    ray.address                 RAY_ADDRESS                           None: start a local Ray in-process
+    tracking.uri                MLFLOW_TRACKING_URI                   sqlite:///./.maple-zoo/mlflow.db
+    tracking.experiment         MLFLOW_EXPERIMENT_NAME                the sweep's name
+    ray.address                 RAY_ADDRESS                           a local Ray started in-process
     ray.runtime_env             (file only)                           {}
-    ray.forward_env             MAPLE_ZOO_RAY_FORWARD_ENV (comma list) the MLflow client variables
-    storage.path                MAPLE_ZOO_STORAGE                     None: the sweep's local folder
+    ray.forward_env             MAPLE_ZOO_RAY_FORWARD_ENV (comma list) []: nothing is copied
+    storage.path                MAPLE_ZOO_STORAGE                     ./.maple-zoo/sweeps/<name>/ray
     storage.s3.endpoint_url     MAPLE_ZOO_STORAGE_S3_ENDPOINT_URL     the zoo's S3 endpoint, else AWS
     storage.s3.region           MAPLE_ZOO_STORAGE_S3_REGION           the zoo's S3 region, else pyarrow's
     zoo.*                       MAPLE_ZOO_STORE, MAPLE_ZOO_S3_* ...    see maple_zoo/zoo/config.py
@@ -47,17 +48,11 @@ ENV_STORAGE = "MAPLE_ZOO_STORAGE"
 ENV_STORAGE_S3 = {"endpoint_url": "MAPLE_ZOO_STORAGE_S3_ENDPOINT_URL", "region": "MAPLE_ZOO_STORAGE_S3_REGION"}
 ENV_ZOO_S3 = {"endpoint_url": "MAPLE_ZOO_S3_ENDPOINT_URL", "region": "MAPLE_ZOO_S3_REGION"}
 
-# Copied from the driver's environment into the Ray job's runtime_env, so trial processes on other
-# nodes reach the same tracking server with the same credentials. Only names that are set are copied.
-DEFAULT_FORWARD_ENV = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_TRACKING_SERVER_CERT_PATH",
-    "MLFLOW_EXPERIMENT_NAME",
-)
+# Variables copied from the driver's environment into the Ray job's runtime_env (only those set).
+# None by default: trials never talk to MLflow (the driver logs), and a runtime_env is visible in
+# the Ray dashboard, so secrets are not copied unless listed. Typical entries: AWS_* on a cluster
+# whose nodes lack credentials for the storage bucket.
+DEFAULT_FORWARD_ENV: tuple[str, ...] = ()
 
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
 _ADDRESS = re.compile(r"^(auto|local|ray://[^\s/]+:\d+|[A-Za-z0-9_.\-\[\]:]+:\d+)$")
@@ -193,50 +188,17 @@ class Resolved:
             runtime_env["env_vars"] = env_vars
         return {"address": self.ray_address, "runtime_env": runtime_env or None}
 
-    def storage(self, default: str | Path | None = None) -> tuple[str | None, Any]:
-        """(storage_path, storage_filesystem) for ray.tune.RunConfig and Tuner.restore.
-
-        An s3:// path with a custom endpoint or region becomes a pyarrow S3FileSystem plus the
-        prefix-less `bucket/prefix` (pyarrow ignores the AWS_ENDPOINT_URL* variables, and a query
-        string in the URI must then be repeated on every later path). Credentials stay with the
-        AWS chain (AWS_* variables, profile, instance role) on every node. A local path is made
-        absolute; on a multi-node cluster it must be a folder every node mounts (NFS).
-        """
-        path = self.storage_path or (str(default) if default is not None else None)
-        if path is None:
-            return None, None
-        if not path.startswith("s3://"):
-            if "://" in path:
-                raise MapleZooError(f"storage path '{redact_url(path)}': expected a folder or s3://bucket/prefix "
-                                    f"({self.sources.get('storage_path', 'default')})")
-            return str(Path(path).expanduser().resolve()), None
-        bucket_and_prefix = path[len("s3://"):].strip("/")
-        if not bucket_and_prefix.split("/", 1)[0]:
-            raise MapleZooError(f"storage path '{path}': missing bucket name ({self.sources.get('storage_path')})")
-        if not (self.storage_endpoint_url or self.storage_region):
-            return path, None
-        from pyarrow import fs as pafs
-
-        kwargs: dict[str, Any] = {}
-        if self.storage_endpoint_url:
-            kwargs["endpoint_override"] = self.storage_endpoint_url
-            if self.storage_endpoint_url.startswith("http://"):
-                kwargs["scheme"] = "http"
-        if self.storage_region:
-            kwargs["region"] = self.storage_region
-        return bucket_and_prefix, pafs.S3FileSystem(**kwargs)
-
     def describe(self) -> list[tuple[str, str, str]]:
         """(setting, value, source) rows with secrets redacted, for printing."""
         rows = [
             ("config file", self.config_file or "-", self.sources["config_file"]),
-            ("tracking.uri", redact_url(self.tracking_uri) or "(sweep default)", self.sources["tracking_uri"]),
-            ("tracking.experiment", self.experiment or "(sweep spec name)", self.sources["experiment"]),
+            ("tracking.uri", redact_url(self.tracking_uri) or "(sqlite:///./.maple-zoo/mlflow.db)", self.sources["tracking_uri"]),
+            ("tracking.experiment", self.experiment or "(the sweep name)", self.sources["experiment"]),
             ("ray.address", self.ray_address or "(local Ray in-process)", self.sources["ray_address"]),
             ("ray.runtime_env", ", ".join(sorted(self.runtime_env)) or "-", self.sources["runtime_env"]),
             ("ray.forward_env", ", ".join(k for k in self.forward_env if os.environ.get(k)) or "-",
              self.sources["forward_env"]),
-            ("storage.path", redact_url(self.storage_path) or "(sweep default)", self.sources["storage_path"]),
+            ("storage.path", redact_url(self.storage_path) or "(./.maple-zoo/sweeps/<name>/ray)", self.sources["storage_path"]),
             ("storage.s3.endpoint_url", redact_url(self.storage_endpoint_url) or "-",
              self.sources["storage_endpoint_url"]),
             ("storage.s3.region", self.storage_region or "-", self.sources["storage_region"]),
