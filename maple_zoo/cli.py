@@ -30,6 +30,9 @@ def _register_all() -> None:
     from .zoo.commands import register as register_zoo
 
     register_zoo(app)
+    from .sweep.commands import register as register_sweep
+
+    register_sweep(app)
 
 
 _register_all()
