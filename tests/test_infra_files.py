@@ -94,8 +94,13 @@ def test_cluster_launcher_config_matches_rays_schema():
     assert any("ray start --head" in c for c in cfg["head_start_ray_commands"])
     assert any("--address=$RAY_HEAD_IP:6379" in c for c in cfg["worker_start_ray_commands"])
     assert any("pip install" in c for c in cfg["setup_commands"])
-    assert "--env MAPLE_ZOO_CONFIG=/home/ray/maple-zoo.yaml" in cfg["docker"]["run_options"]
-    assert cfg["file_mounts"]["/home/ray/maple-zoo.yaml"] == "infra/ray/maple-zoo.cluster.yaml"
+    # every node reads the settings file from the synced checkout
+    assert cfg["file_mounts"]["/home/ray/maple-zoo-src"] == "."
+    assert "--env MAPLE_ZOO_CONFIG=/home/ray/maple-zoo-src/infra/ray/maple-zoo.cluster.yaml" in cfg["docker"]["run_options"]
+    assert (ROOT / "infra/ray/maple-zoo.cluster.yaml").is_file()
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(cfg))  # Ray's own checks, with the AWS defaults merged in
     policy = (INFRA / "ray" / "iam" / "head-passrole-policy.json").read_text()
     profile = nodes[gpu[0]]["node_config"]["IamInstanceProfile"]["Name"]
     assert f"role/{profile}" in policy
