@@ -127,9 +127,12 @@ def test_kuberay_manifests_are_consistent():
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] >= 1
     for pod in pod_specs(cluster):
-        for c in pod["containers"]:
+        for c in pod["containers"] + pod.get("initContainers", []):
             assert c["image"] == IMAGE
+        for c in pod["containers"]:
             assert {"name": "MAPLE_ZOO_CONFIG", "value": "/etc/maple-zoo/maple-zoo.yaml"} in c["env"]
+            mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+            assert mounts["/home/ray/.cache/maple-zoo"]["name"] == "shared"  # what the driver builds, workers see
     # every rayStartParams key is a `ray start` flag, every value a string (KubeRay's rule)
     start = ray_cli().commands["start"]
     for params in [head["rayStartParams"], group["rayStartParams"]]:
@@ -202,7 +205,7 @@ def test_every_referenced_secret_configmap_and_volume_exists():
         for pod in pod_specs(obj):
             volumes = {v["name"] for v in pod.get("volumes", [])}
             volumes |= {t["metadata"]["name"] for t in obj["spec"].get("volumeClaimTemplates", [])}
-            for c in pod["containers"]:
+            for c in pod["containers"] + pod.get("initContainers", []):
                 for m in c.get("volumeMounts", []):
                     assert m["name"] in volumes, f"{kind}/{name}: volumeMount {m['name']} has no volume"
     # the keys the server script insists on are all supplied by the Deployment's env and Secrets
