@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,6 +129,35 @@ def experiment_name(spec: Spec, dataset: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- ray
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_local_ray(num_cpus: int | None = None, runtime_env: dict | None = None, **kwargs) -> str:
+    """Start a new local Ray whose processes know its address.
+
+    Ray Train's placement-group cleaner finds the cluster by auto-detection, which fails as soon as a
+    second Ray runs on the machine (another user, another sweep): the leaked placement group then
+    starves the next trial forever. Pinning the GCS port and handing every worker RAY_ADDRESS avoids it.
+    """
+    import ray
+
+    port = _free_port()
+    address = f"127.0.0.1:{port}"  # a laptop Ray listens on loopback only
+    env = dict((runtime_env or {}).get("env_vars") or {})
+    env.update({"RAY_ADDRESS": address, "RAY_TRAIN_V2_ENABLED": "1"})
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the head node Ray starts in-process
+    try:
+        ray.init(address="local", num_cpus=num_cpus, runtime_env={**(runtime_env or {}), "env_vars": env},
+                 **{"log_to_driver": False, "logging_level": logging.ERROR, "_node_ip_address": "127.0.0.1",
+                    **kwargs})
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    return ray.get_runtime_context().gcs_address
+
+
 def ensure_ray(settings: Resolved) -> bool:
     """Connect to the configured cluster or start a local Ray in-process; True when this call started one."""
     import ray
@@ -135,10 +165,12 @@ def ensure_ray(settings: Resolved) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    kwargs = settings.ray_init_kwargs()  # address + runtime_env (MLflow client variables forwarded)
-    if kwargs["address"]:
-        env = {"RAY_TRAIN_V2_ENABLED": "1", **((kwargs["runtime_env"] or {}).get("env_vars") or {})}
-        kwargs["runtime_env"] = {**(kwargs["runtime_env"] or {}), "env_vars": env}
+    kwargs = settings.ray_init_kwargs()  # address + runtime_env (settings decide what is forwarded)
+    if not kwargs["address"]:
+        start_local_ray(runtime_env=kwargs["runtime_env"])
+        return True
+    env = {"RAY_TRAIN_V2_ENABLED": "1", **((kwargs["runtime_env"] or {}).get("env_vars") or {})}
+    kwargs["runtime_env"] = {**(kwargs["runtime_env"] or {}), "env_vars": env}
     try:
         ray.init(**kwargs, log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as exc:
@@ -275,9 +307,11 @@ class SweepRun:
     # ------------------------------------------------------------------ search
     def _job(self, base: dict, paths: dict, train_dir: str, report_final: bool) -> TrialJob:
         r = self.spec.model.resources
+        # a local Ray never autoscales: a worker group that cannot start is an error, not a wait
         return TrialJob(base, paths, self.storage, train_dir,
                         Scaling(r.workers_per_trial, r.gpus_per_worker, r.cpus_per_worker),
-                        worker_max_failures=r.worker_max_failures, report_final=report_final)
+                        worker_max_failures=r.worker_max_failures, report_final=report_final,
+                        controller_failure_limit=3 if self.address is None else -1)
 
     def _callbacks(self, plan: DatasetPlan, stage: str, fixed: dict) -> list:
         tracking = TrackingCallback(self.tracker.uri, self.tracker.experiment_id, self.manifest.parent_run_id,

@@ -108,6 +108,7 @@ class TrialJob:
     worker_max_failures: int = 2
     report_final: bool = False  # one more report after training with the final (test) metrics
     checkpoints_to_keep: int = 2
+    controller_failure_limit: int = -1  # Ray's default: retry a worker group that cannot start, forever
 
     def trial_config(self, params: dict[str, Any]) -> dict:
         return apply_params(self.base_config, self.param_paths, {k: params[k] for k in self.param_paths})
@@ -163,7 +164,8 @@ def train_driver(config: dict, job: TrialJob) -> None:
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=fs,
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=job.worker_max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=job.worker_max_failures,
+                                                   controller_failure_limit=job.controller_failure_limit),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoints_to_keep),
         ),
     )
