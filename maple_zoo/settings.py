@@ -80,6 +80,14 @@ def check_address(address: str) -> str:
     return address
 
 
+def check_storage_path(path: str) -> str:
+    if "://" in path and not path.startswith("s3://"):
+        raise ValueError(f"'{redact_url(path)}': expected a folder (shared by every node) or s3://bucket/prefix")
+    if path.startswith("s3://") and not path[len("s3://"):].split("/", 1)[0]:
+        raise ValueError(f"'{path}': missing bucket name (expected s3://bucket/prefix)")
+    return path
+
+
 def check_env_names(names: list[str]) -> list[str]:
     for name in names:
         if not _ENV_NAME.match(name):
@@ -129,6 +137,11 @@ class StorageSection(BaseModel):
 
     path: str | None = None
     s3: StorageS3 = StorageS3()
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return check_storage_path(v) if v else v
 
 
 class SettingsFile(BaseModel):
@@ -336,6 +349,7 @@ def load_settings(
 
     v["storage_path"], src["storage_path"] = resolve(storage, "--storage", ENV_STORAGE, spec.get("storage_path", none),
                                                      (f.storage.path, where("storage", "path")))
+    _check(v["storage_path"], src["storage_path"], "storage.path", check_storage_path)
 
     zoo = load_zoo_config(path, store=zoo_store, endpoint_url=zoo_endpoint_url)
     zoo_file = f.zoo.s3 if f.zoo else None

@@ -100,6 +100,8 @@ def test_config_file_choice_flag_env_cwd(env, tmp_path):
     ("ray:\n  address: 'head 6379'\n", "maple-zoo.yaml:2: ray.address: 'head 6379' is not a Ray address"),
     ("ray:\n  forward_env: [OK, 'not-a-name']\n", "maple-zoo.yaml:2: ray.forward_env: 'not-a-name' is not"),
     ("zoo:\n  stor: x\n", "maple-zoo.yaml:2: zoo.stor: unknown key"),
+    ("storage:\n  path: gs://b/ray\n", "maple-zoo.yaml:2: storage.path: 'gs://b/ray': expected a folder"),
+    ("storage:\n  path: s3:///ray\n", "maple-zoo.yaml:2: storage.path: 's3:///ray': missing bucket name"),
     ("- a\n- b\n", "maple-zoo.yaml:1: expected a mapping with sections"),
     ("tracking: [\n", "maple-zoo.yaml:2: malformed YAML"),
 ])
@@ -120,6 +122,10 @@ def test_env_and_flag_values_are_checked_and_named(env):
         load_settings(tracking_uri="mlflow.db")
     with pytest.raises(MapleZooError, match=r"^sweeps/x.yaml:4 tracking.uri: tracking.uri: "):
         load_settings(spec={"tracking_uri": ("nope", "sweeps/x.yaml:4 tracking.uri")})
+    env.setenv("MAPLE_ZOO_STORAGE", "hdfs://x")
+    with pytest.raises(MapleZooError, match=r"^env MAPLE_ZOO_STORAGE: storage.path: 'hdfs://x': expected a folder"):
+        load_settings()
+    env.delenv("MAPLE_ZOO_STORAGE")
     env.setenv("MAPLE_ZOO_RAY_FORWARD_ENV", "A,1B")
     with pytest.raises(MapleZooError, match=r"^env MAPLE_ZOO_RAY_FORWARD_ENV: ray.forward_env: '1B'"):
         load_settings()
