@@ -93,31 +93,35 @@ def marked_pids(mark: str) -> list[int]:
 
 
 def stop(procs: list[subprocess.Popen], mark: str, grace: float = 3.0) -> list[int]:
-    """SIGTERM our process groups, SIGKILL them and every marked process after `grace` seconds;
-    returns the marked processes still alive 10 s later (none, unless something is badly stuck)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and marked_pids(mark):
-            time.sleep(0.3)
-        grace = 10.0
-    for pid in marked_pids(mark):  # Ray workers that left the group
+    """SIGTERM our process groups; after `grace` seconds SIGKILL the groups and every marked process,
+    a few rounds (a dying raylet may still start a worker); returns the marked processes left."""
+    for proc in procs:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and marked_pids(mark):
+        time.sleep(0.3)
+    for _ in range(20):
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in marked_pids(mark):  # Ray workers that left the group
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+        if not marked_pids(mark):
+            break
     for proc in procs:  # reap our direct children
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and marked_pids(mark):
-        time.sleep(0.3)
     return marked_pids(mark)
 
 
