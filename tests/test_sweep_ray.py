@@ -42,6 +42,7 @@ search: {{seed: 0, reference: {{prompt_depth: 3}}}}
 scheduler: {{type: {scheduler}}}
 budget: {{num_samples: {samples}, max_concurrent_trials: {concurrent}}}
 tracking: {{uri: "sqlite:///{db}"}}
+promote: {{enabled: {promote}, name: eurosat-4shot-demo}}
 """
 
 
@@ -66,10 +67,11 @@ def sweep_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write_spec(folder: Path, data_root: Path, name: str, samples: int, concurrent: int, scheduler="asha") -> Path:
+def write_spec(folder: Path, data_root: Path, name: str, samples: int, concurrent: int, scheduler="asha",
+               promote=False) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(SPEC.format(name=name, root=data_root, samples=samples, concurrent=concurrent,
-                                scheduler=scheduler, db=folder / "mlflow.db"))
+                                scheduler=scheduler, db=folder / "mlflow.db", promote=str(promote).lower()))
     return path
 
 
@@ -85,8 +87,10 @@ def runs_of(db: Path):
     return client, client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
 
 
-def test_two_trial_sweep_logs_nested_runs_and_picks_the_best_by_the_objective(ray_local, data_root, sweep_dir):
-    path = write_spec(sweep_dir, data_root, "two", samples=2, concurrent=2)
+def test_two_trial_sweep_logs_nested_runs_and_picks_the_best_by_the_objective(ray_local, data_root, sweep_dir,
+                                                                              monkeypatch):
+    monkeypatch.setenv("MAPLE_ZOO_STORE", str(sweep_dir / "zoo"))
+    path = write_spec(sweep_dir, data_root, "two", samples=2, concurrent=2, promote=True)
     display, out = quiet_display()
     summary = run_sweep(load_spec(path), display=display)
 
@@ -124,6 +128,9 @@ def test_two_trial_sweep_logs_nested_runs_and_picks_the_best_by_the_objective(ra
     assert parent.data.metrics["test_hm_mean"] == pytest.approx(f.data.metrics["hm"])
     card = json.loads(Path(client.download_artifacts(f.info.run_id, "checkpoint/card.json", str(sweep_dir))).read_text())
     assert card["mlflow_run_id"] == f.info.run_id and card["metrics_per_seed"]["1"]["hm"] == f.data.metrics["hm"]
+    # promoted through the zoo from the first seed's run
+    assert summary.datasets[0].promotion == "eurosat-4shot-demo@v1"
+    assert f.data.tags["maple_zoo.promoted_as"] == "eurosat-4shot-demo@v1"
     text = out.getvalue()
     assert "best configuration" in text and "maple-zoo ui" in text and "novel_acc" in text
 

@@ -48,10 +48,13 @@ class Stage:
     params: list[str]
     objective: str
     total: int
+    ranked: bool = True  # a search ranks its trials; the final seed runs are not a contest
     rows: dict[str, Row] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     def best(self) -> Row | None:
+        if not self.ranked:
+            return None
         scored = [r for r in self.rows.values() if r.value is not None and r.status != "ERROR"]
         return max(scored, key=lambda r: r.value) if scored else None
 
@@ -59,7 +62,7 @@ class Stage:
 class SweepDisplay:
     def __init__(self, console: Console | None = None, out: Console | None = None, live: bool | None = None):
         self.console = console or Console(stderr=True)
-        self.out = out or Console()
+        self.out = out or Console(width=None if Console().is_terminal else 120)  # piped: no 80-column wrap
         self.live_enabled = self.console.is_terminal if live is None else live
         self.stage: Stage | None = None
         self._live: Live | None = None
@@ -68,9 +71,9 @@ class SweepDisplay:
         self.console.print(text, highlight=False)
 
     # ------------------------------------------------------------------ stage lifecycle
-    def begin(self, title: str, params: list[str], objective: str, total: int) -> None:
+    def begin(self, title: str, params: list[str], objective: str, total: int, ranked: bool = True) -> None:
         self.end()
-        self.stage = Stage(title, params, objective, total)
+        self.stage = Stage(title, params, objective, total, ranked)
         if self.live_enabled:
             self._live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2, transient=False)
             self._live.start()

@@ -446,7 +446,8 @@ class SweepRun:
                               run_config=self._run_config(name, self._callbacks(plan, "final", fixed)))
 
         self.display.begin(f"sweep {self.spec.name} · {plan.dataset} · final: chosen configuration, "
-                           f"seeds {', '.join(map(str, m.seeds))}", ["seed"], self._final_headline(plan), len(m.seeds))
+                           f"seeds {', '.join(map(str, m.seeds))}", ["seed"], self._final_headline(plan), len(m.seeds),
+                           ranked=False)
         try:
             grid = self._fit(name, trainable, make_tuner, "final", plan.dataset)
         finally:

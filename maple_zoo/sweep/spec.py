@@ -169,12 +169,16 @@ class ResourcesConfig(Strict):
         return self.gpus_per_worker > 0
 
 
-class StorageConfig(Strict):
-    """Ray's experiment storage. Flags, the environment and maple-zoo.yaml may override (settings.py)."""
-
-    path: str | None = Field(None, description="local folder or s3://bucket/prefix (default: the sweep folder)")
+class StorageS3(Strict):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL (MinIO, Ceph, moto)")
     region: str | None = None
+
+
+class StorageConfig(Strict):
+    """Ray's experiment storage, spelt as in maple-zoo.yaml; flags and the environment win (settings.py)."""
+
+    path: str | None = Field(None, description="local folder or s3://bucket/prefix (default: the sweep folder)")
+    s3: StorageS3 = StorageS3()
 
 
 class TrackingConfig(Strict):
@@ -461,8 +465,8 @@ def spec_settings(spec: Spec) -> dict[str, tuple[Any, str]]:
     found = {"tracking_uri": (m.tracking.uri, ("tracking", "uri")),
              "experiment": (m.tracking.experiment, ("tracking", "experiment")),
              "storage_path": (m.storage.path, ("storage", "path")),
-             "storage_endpoint_url": (m.storage.endpoint_url, ("storage", "endpoint_url")),
-             "storage_region": (m.storage.region, ("storage", "region"))}
+             "storage_endpoint_url": (m.storage.s3.endpoint_url, ("storage", "s3", "endpoint_url")),
+             "storage_region": (m.storage.s3.region, ("storage", "s3", "region"))}
     out = {}
     for key, (value, path) in found.items():
         if value is not None:
