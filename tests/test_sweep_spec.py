@@ -1,5 +1,6 @@
 """Sweep specs: every shipped file validates, bad input is one line naming file:line: key, nothing starts."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,53 @@ def test_concurrency_follows_the_resources(tmp_path):
     assert plan_concurrency(spec("gpus_per_worker: 0.5", ", max_concurrent_trials: 3"), {"GPU": 4.0}, local=True) == 3
     with pytest.raises(MapleZooError, match="resources: a trial needs 1 GPU"):
         plan_concurrency(spec("gpus_per_worker: 1"), {"CPU": 2.0}, local=True)
+
+
+def test_several_datasets_make_one_plan_each(tmp_path):
+    text = TINY_SPEC.format(root=tmp_path).replace("dataset: eurosat", "dataset: [eurosat, dtd]")
+    spec = load_spec(write(tmp_path, text))
+    assert list(spec.plans) == ["eurosat", "dtd"]
+    assert spec.plans["dtd"].base_config["data"]["dataset"] == "dtd"
+    with pytest.raises(MapleZooError, match="promote.name: one name cannot hold several datasets"):
+        load_spec(write(tmp_path, text + "promote: {enabled: true, name: both-4shot}\n"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_configured_store_and_prints_its_address(tmp_path):
+    import json
+    import signal
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("browse-me", artifact_location=(tmp_path / "art").as_uri())
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "maple_zoo.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the server answers (bounded by the command's own wait)
+        assert f"http://127.0.0.1:{port}" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10",
+                                    timeout=10) as r:
+            assert "browse-me" in [e["name"] for e in json.loads(r.read())["experiments"]]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_ui_without_a_store_is_a_one_line_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "maple_zoo.cli", "ui"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={k: v for k, v in os.environ.items()
+                                            if k not in ("MLFLOW_TRACKING_URI", "MAPLE_ZOO_CONFIG")})
+    assert out.returncode == 2 and "no MLflow store at sqlite:///" in out.stderr and "run a sweep first" in out.stderr

@@ -490,6 +490,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
                                 f"{did_you_mean(str(key), SweepSpec.model_fields)}")
     model = validate(SweepSpec, data, str(path), lines)
     spec = Spec(model, str(path), lines, data)
+    if model.promote.name and len(model.datasets) > 1:
+        raise spec.error(("promote", "name"), "one name cannot hold several datasets; leave it out "
+                                              "(each dataset is promoted as <dataset>-<shots>shot)")
     if model.promote.enabled and model.promote.name:
         from ..zoo.names import validate_name
 
