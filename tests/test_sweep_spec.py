@@ -167,3 +167,26 @@ def test_ui_without_a_store_is_a_one_line_error(tmp_path):
                          cwd=tmp_path, env={k: v for k, v in os.environ.items()
                                             if k not in ("MLFLOW_TRACKING_URI", "MAPLE_ZOO_CONFIG")})
     assert out.returncode == 2 and "no MLflow store at sqlite:///" in out.stderr and "run a sweep first" in out.stderr
+
+
+def test_live_table_shows_trials_parameters_epoch_objective_and_best():
+    import io
+
+    from rich.console import Console
+
+    from maple_zoo.sweep.display import SweepDisplay
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=140)
+    d = SweepDisplay(console=console, out=console, live=True)
+    d.begin("sweep demo · world_shapes · search", ["prompt_depth", "n_ctx", "lr"], "val_hm", 3)
+    d.trial_start("aaa", 1, {"prompt_depth": 3, "n_ctx": 2, "lr": 0.0035})
+    d.trial_start("bbb", 2, {"prompt_depth": 1, "n_ctx": 4, "lr": 0.02})
+    d.trial_result("aaa", {"epoch": 1, "val_hm": 61.0})
+    d.trial_result("bbb", {"epoch": 1, "val_hm": 70.5})
+    d.trial_end("bbb", "DONE", stopped_early=True)
+    table = Console(file=io.StringIO(), width=140)
+    table.print(d.render())
+    text = table.file.getvalue()
+    d.end()
+    assert "1/3 done" in text and "best val_hm 70.5 (#2)" in text and "stopped" in text and "0.0035" in text

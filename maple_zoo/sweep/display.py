@@ -139,14 +139,14 @@ class SweepDisplay:
         head = f"{st.title} · {done}/{st.total} done · {elapsed:.0f}s"
         if best is not None:
             head += f" · best {st.objective} {fmt(best.value)} (#{best.index})"
-        table = Table(title=head, title_justify="left", expand=False)
+        table = Table(expand=False)
         for col in ["#", "trial", "status", *st.params, "epoch", st.objective]:
             table.add_column(col, justify="right" if col not in ("trial", "status") else "left")
         for row in sorted(st.rows.values(), key=lambda r: r.index):
             style = "bold green" if row is best else ("dim" if row.status in ("STOPPED", "ERROR") else "")
             table.add_row(str(row.index), row.trial_id, row.status.lower(),
                           *(fmt(row.params.get(p)) for p in st.params), str(row.epoch), fmt(row.value), style=style)
-        return table
+        return Group(Text(head, style="bold"), table)  # a title would wrap at the table's width
 
     def summary(self, summary: SweepSummary) -> None:
         self.end()
