@@ -143,6 +143,8 @@ def resolve_weights(cfg: BackboneConfig) -> str | None:
     if cfg.arch not in open_clip.list_models():
         raise MapleZooError(f"unknown open_clip architecture '{cfg.arch}'{did_you_mean(cfg.arch, open_clip.list_models())}")
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_weights_cache()
+    from .data import world  # noqa: F401  (registers the offline world's small CLIP in LOCAL_TAGS)
+
     builder = LOCAL_TAGS.get((cfg.arch, cfg.pretrained))
     if builder is not None:
         return str(builder(cache))

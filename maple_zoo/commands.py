@@ -147,6 +147,7 @@ def methods() -> None:
 
 def register(app: typer.Typer) -> None:
     from .bench import bench_app
+    from .world_commands import register as register_world
 
     app.command("train")(train)
     app.command("eval")(eval_)
@@ -154,3 +155,4 @@ def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("methods")(methods)
     app.add_typer(bench_app, name="bench")
+    register_world(app)
