@@ -320,12 +320,23 @@ class SweepRun:
                                     fixed_params=fixed)
         return [tracking, live.LiveCallback(self.display_key, plan.base_config["optim"]["epochs"])]
 
+    def _children(self, stage: str, dataset: str) -> list:
+        return [r for r in self.tracker.children(self.manifest.parent_run_id, stage)
+                if r.data.tags.get("maple_zoo.dataset") == dataset]
+
     def _unfinished(self, grid, stage: str, dataset: str) -> int:
         """Trials that neither completed nor failed. After Ctrl-C Tune marks the stopped ones TERMINATED,
         but only a real completion reaches the tracking callback, which closes the MLflow run."""
-        closed = {r.data.tags.get("maple_zoo.trial_id") for r in self.tracker.children(self.manifest.parent_run_id, stage)
-                  if r.data.tags.get("maple_zoo.dataset") == dataset and r.info.status in ("FINISHED", "FAILED")}
+        closed = {r.data.tags.get("maple_zoo.trial_id") for r in self._children(stage, dataset)
+                  if r.info.status in ("FINISHED", "FAILED")}
         return sum(1 for r in grid if r.error is None and (r.metrics or {}).get("trial_id") not in closed)
+
+    def _close_budget_stopped(self, stage: str, dataset: str) -> None:
+        """The time budget ran out: Tune stopped the running trials; their runs end as KILLED, tagged."""
+        for run in self._children(stage, dataset):
+            if run.info.status == "RUNNING":
+                self.tracker.log(run.info.run_id, tags={"maple_zoo.stopped_by": "time_budget"})
+                self.tracker.finish(run.info.run_id, "KILLED")
 
     def _fit(self, name: str, trainable, make_tuner, stage: str, dataset: str):
         """Restore the named Tune experiment when it exists (resume), else build it; then fit."""
@@ -339,9 +350,14 @@ class SweepRun:
                                        storage_filesystem=fs)
         else:
             tuner = make_tuner()
+        started = time.monotonic()
         grid = tuner.fit()
         unfinished = self._unfinished(grid, stage, dataset)
-        if unfinished > 0:
+        budget = self.spec.model.budget.time_budget_s if stage == "search" else None
+        if unfinished > 0 and budget and time.monotonic() - started >= budget:
+            self.display.message(f"time budget of {budget:g}s spent: {unfinished} running trial(s) stopped")
+            self._close_budget_stopped(stage, dataset)
+        elif unfinished > 0:
             raise SweepInterrupted(f"sweep '{self.spec.name}' interrupted with {unfinished} unfinished trial(s); "
                                    f"continue it with: maple-zoo sweep {self.spec.source} --resume")
         return grid
