@@ -180,9 +180,11 @@ def train_driver(config: dict, job: TrialJob) -> None:
 
 def _stamp(folder: Path | None) -> dict:
     """Provenance read from the engine's checkpoint card: which weights, which code."""
-    if folder is None or not (folder / "card.json").is_file():
+    from ..engine.checkpoint import CARD
+
+    if folder is None or not (folder / CARD).is_file():
         return {}
-    card = json.loads((folder / "card.json").read_text())
+    card = json.loads((folder / CARD).read_text())
     return {"backbone_fingerprint": card.get("backbone", {}).get("fingerprint", ""),
             "code_version": card.get("code_version", "")}
 
@@ -192,6 +194,7 @@ def train_worker(loop: dict) -> None:
     import ray.train
 
     from ..config import train_config_from_dict
+    from ..engine.checkpoint import OPTIMIZER, load_card
     from ..engine.run import RunHooks, run_training
     from ..progress import Reporter
 
@@ -214,9 +217,9 @@ def train_worker(loop: dict) -> None:
     try:
         with previous.as_directory() if previous is not None else nullcontext(None) as resume:
             resume = Path(resume) if resume is not None else None
-            if resume is not None and not (resume / "optimizer.safetensors").is_file():
-                # the run's final checkpoint: training and evaluation already finished
-                card = json.loads((resume / "card.json").read_text())
+            if resume is not None and not (resume / OPTIMIZER).is_file():
+                # the run's final checkpoint (no optimizer state): training and evaluation already finished
+                card = load_card(resume)
                 if loop["report_final"]:
                     report({**card.get("metrics", {}), "final": 1}, resume)
                 return
