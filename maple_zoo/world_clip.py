@@ -47,10 +47,10 @@ class PretrainRecipe:
 
     arch: str
     seed: int = 0
-    steps: int = 600
-    batch_size: int = 192
-    lr: float = 2e-3
-    warmup: int = 40
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 50
     weight_decay: float = 0.1
     p_colour: float = 0.75  # probability that a caption names the image's colour
     p_pattern: float = 0.6
@@ -63,6 +63,9 @@ RECIPES: dict[str, PretrainRecipe] = {
     "MZ-World": PretrainRecipe(arch="MZ-World"),
     "MZ-World-S": PretrainRecipe(arch="MZ-World-S", steps=300),
 }
+
+
+TEST_ARCH = "MZ-World-S"  # the smaller CLIP the test fixture builds (fewer steps, same concepts)
 
 
 def recipe_for(arch: str) -> PretrainRecipe:
