@@ -272,7 +272,8 @@ class SweepRun:
                 world.build_world(root)
             bb = BackboneConfig(**cfg["backbone"])
             if (bb.arch, bb.pretrained) in LOCAL_TAGS:
-                resolve_weights(bb)  # cached after the first sweep; pretrains the world's CLIP otherwise
+                self.display.message(f"backbone {bb.arch}/{bb.pretrained}: built once on this machine, then cached")
+                resolve_weights(bb)
 
     def _parent_tags(self) -> dict[str, str]:
         from ..engine.run import code_version
