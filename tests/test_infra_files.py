@@ -132,7 +132,7 @@ def test_kuberay_manifests_are_consistent():
         for c in pod["containers"]:
             assert {"name": "MAPLE_ZOO_CONFIG", "value": "/etc/maple-zoo/maple-zoo.yaml"} in c["env"]
             mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-            assert mounts["/home/ray/.cache/maple-zoo"]["name"] == "shared"  # what the driver builds, workers see
+            assert mounts["/home/ray/.cache/maple-zoo"]["name"] == "shared"  # built once, seen by every worker
     # every rayStartParams key is a `ray start` flag, every value a string (KubeRay's rule)
     start = ray_cli().commands["start"]
     for params in [head["rayStartParams"], group["rayStartParams"]]:
