@@ -172,7 +172,8 @@ def load_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Ba
         try:
             open_clip.load_checkpoint(model, weights)
         except Exception as exc:  # corrupt file, wrong architecture
-            raise MapleZooError(f"cannot load backbone weights {weights} into {cfg.arch}: {str(exc).splitlines()[0][:200]}") from None
+            reason = str(exc).splitlines()[0][:200]
+            raise MapleZooError(f"cannot load backbone weights {weights} into {cfg.arch}: {reason}") from None
     model.eval().requires_grad_(False)
     fingerprint = state_dict_fingerprint(model)
     model.to(device)

@@ -1,7 +1,8 @@
 """Shared fixtures. `world`: the offline procedural world (small scale) and its small pretrained CLIP.
 
 Both are cached under the maple-zoo cache (MAPLE_ZOO_CACHE overrides ~/.cache/maple-zoo), so only the
-first test session on a machine pays for the build (about 1-2 minutes on 2 CPU cores).
+first test session on a machine pays for the build (about 4-5 minutes on 2 CPU cores; `maple-zoo sweep
+sweeps/demo.yaml` shares the same cache).
 """
 
 from __future__ import annotations

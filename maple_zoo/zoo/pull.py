@@ -138,10 +138,11 @@ def _fetch(store: Store, name: str, record: VersionRecord, final: Path, progress
         atomic_write_text(tmp / ENTRY_META, record.model_dump_json(indent=1))
         try:
             os.rename(tmp, final)
-        except OSError:
+        except OSError as exc:
             # Another pull renamed its copy first; use it if it is whole.
             if not (final.is_dir() and verify_folder(final, record) is None):
-                raise MapleZooError(f"cannot place {format_ref(name, record.version)} into the cache at {final}")
+                raise MapleZooError(f"cannot place {format_ref(name, record.version)} into the cache at {final}: "
+                                    f"{exc.strerror or exc}") from None
             log.info("%s: another pull finished first; using its copy", format_ref(name, record.version))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
