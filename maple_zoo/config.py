@@ -31,6 +31,18 @@ class DataConfig(Strict):
     shots: int = Field(16, description="training images per class; <= 0 uses every image")
     num_workers: int = 0
     cache_images: bool = Field(True, description="decode and resize the few-shot train set once, augment tensors")
+    crop_scale: tuple[float, float] | None = Field(
+        None, description="training RandomResizedCrop area range; default: the dataset's (the reference 0.08-1)")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _valid_scale(cls, scale: tuple[float, float] | None) -> tuple[float, float] | None:
+        if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"crop_scale {list(scale)}: need 0 < low <= high <= 1")
+        return scale
+
+    def train_crop_scale(self) -> tuple[float, float]:
+        return self.crop_scale or get_dataset(self.dataset).crop_scale
 
     @field_validator("dataset")
     @classmethod

@@ -19,14 +19,18 @@ from .engine.run import run_training
 from .progress import Reporter
 
 WORLD_ARCH = "MZ-World"
-# MaPLe on the world's 4-layer CLIP: prompts in layers 1..3 (the reference J=9 needs 12 layers)
+# MaPLe on the world's 4-layer CLIP: prompts in layers 1..3 (the reference J=9 needs 12 layers). The reference
+# lr 0.0035 (tuned for ViT-B/16) is unstable here (one of three seeds fell to 28% base on world_shapes), so the
+# world recipe trains gentler and longer: lr 0.001 for 10 epochs, otherwise the reference (SGD, batch 4, cosine).
 MAPLE_ON_WORLD = {"name": "maple", "n_ctx": 2, "depth": 3}
+WORLD_OPTIM = {"lr": 0.001, "epochs": 10}
 
 
 def _run(method: dict, dataset: str, root: Path, seed: int, out: Path, arch: str) -> dict:
     cfg = train_config_from_dict({
         "method": method, "backbone": BackboneConfig(arch=arch, pretrained="procedural").model_dump(),
         "data": {"dataset": dataset, "root": str(root), "shots": 16}, "seed": seed,
+        "optim": WORLD_OPTIM if method["name"] != "zeroshot" else {},
         "output_dir": str(out / f"{method['name']}-{dataset}-seed{seed}"),
     })
     return run_training(cfg, hooks=None).metrics
@@ -38,18 +42,18 @@ def _mean_std(values: list[float]) -> str:
 
 
 def world_report(seeds: list[int], out_dir: Path, datasets: list[str] | None = None, arch: str = WORLD_ARCH,
-                 reporter: Reporter | None = None) -> tuple[list[dict], str]:
+                 reporter: Reporter | None = None, root: Path | None = None) -> tuple[list[dict], str]:
     say = reporter or Reporter()
-    root = build_world()
+    root = root or build_world()
     names = datasets or [n for n in WORLD_DATASET_NAMES if not get_dataset(n).test_only]
     rows = []
     for name in names:
-        for label, method in (("zero-shot CLIP", {"name": "zeroshot"}), ("MaPLe (J=3, n_ctx=2)", MAPLE_ON_WORLD)):
+        for label, method in (("zero-shot CLIP", {"name": "zeroshot"}), ("MaPLe (J=3, n_ctx=2, lr 1e-3, 10 ep)", MAPLE_ON_WORLD)):
             runs = [_run(method, name, root, seed, out_dir, arch) for seed in seeds]
             row = {"dataset": name, "method": label, "seeds": seeds,
                    **{k: [r[k] for r in runs] for k in ("base_acc", "novel_acc", "hm")}}
             rows.append(row)
-            say.line(f"{name:<16} {label:<22} base {_mean_std(row['base_acc'])}  novel {_mean_std(row['novel_acc'])}"
+            say.line(f"{name:<16} {label:<38} base {_mean_std(row['base_acc'])}  novel {_mean_std(row['novel_acc'])}"
                      f"  HM {_mean_std(row['hm'])}")
     lines = ["| dataset | method | base | novel | HM |", "|---|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['method']} | {_mean_std(r['base_acc'])} | {_mean_std(r['novel_acc'])} | "

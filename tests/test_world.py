@@ -147,3 +147,16 @@ def test_zero_shot_is_clearly_above_chance_on_both_halves(world, name):
     n = len(splits.classnames)
     for half, n_half in (("base", math.ceil(n / 2)), ("novel", n - math.ceil(n / 2))):
         assert acc[half] > 2.0 / n_half, (name, half, acc)
+
+
+def test_world_report_measures_zero_shot_and_maple_per_seed(world, tmp_path):
+    from maple_zoo.progress import Reporter
+    from maple_zoo.world_report import world_report
+
+    rows, table = world_report([1], tmp_path, datasets=["world_colors"], arch=world.backbone.arch,
+                               reporter=Reporter(quiet=True), root=world.root)
+    assert [r["method"].split()[0] for r in rows] == ["zero-shot", "MaPLe"]
+    zero_shot, maple = rows
+    assert zero_shot["novel_acc"][0] > 100 * 2 / 9  # 9 novel classes: well above chance
+    assert maple["base_acc"][0] != zero_shot["base_acc"][0]  # the prompts trained and changed the predictions
+    assert table.count("| world_colors |") == 2

@@ -63,6 +63,7 @@ class DatasetInfo:
     can_generate_split: bool = False
     test_only: bool = False
     domain_of: str | None = None  # a shifted test domain of this dataset (domain generalisation)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # training RandomResizedCrop area range (the reference's)
 
 
 DATASETS: dict[str, DatasetInfo] = {}

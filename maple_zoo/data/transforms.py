@@ -18,11 +18,15 @@ def _normalize(mean, std) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-def train_transform(size: int, mean, std, interpolation: str = "bicubic") -> v2.Compose:
+REFERENCE_CROP_SCALE = (0.08, 1.0)
+
+
+def train_transform(size: int, mean, std, interpolation: str = "bicubic",
+                    crop_scale: tuple[float, float] = REFERENCE_CROP_SCALE) -> v2.Compose:
     """PIL image or uint8 tensor -> normalised float tensor, randomly cropped and flipped."""
     return v2.Compose([
         v2.ToImage(),
-        v2.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=_INTERP[interpolation], antialias=True),
+        v2.RandomResizedCrop(size, scale=crop_scale, interpolation=_INTERP[interpolation], antialias=True),
         v2.RandomHorizontalFlip(0.5),
         *_normalize(mean, std),
     ])

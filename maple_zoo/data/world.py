@@ -344,8 +344,14 @@ class Scale:
 SCALES = {"full": Scale(train=24, val=6, test=30), "small": Scale(train=16, val=4, test=16)}
 
 
+# One object fills each image and its whole silhouette is the label: the reference's crops down to 8% of the
+# area would mostly show a fragment of it (and teach the prompts noise), so world training crops stay near-whole.
+WORLD_CROP_SCALE = (0.9, 1.0)
+
+
 def _info(name: str, title: str, template: str, **kw) -> DatasetInfo:
-    return DatasetInfo(name, title, name, "images", template=template, split_file=f"split_zhou_{title}.json", **kw)
+    return DatasetInfo(name, title, name, "images", template=template, split_file=f"split_zhou_{title}.json",
+                       crop_scale=WORLD_CROP_SCALE, **kw)
 
 
 def _sorted(classes: list[WorldClass]) -> tuple[WorldClass, ...]:

@@ -63,7 +63,7 @@ def holdout(cs: ClassSet, fraction: float) -> tuple[ClassSet, ClassSet]:
 def train_loader(items: list[Datum], backbone: Backbone, batch_size: int, seed: int, cfg: DataConfig,
                  progress=None) -> DataLoader:
     size, mean, std, interp = backbone.image_size, backbone.mean, backbone.std, backbone.interpolation
-    augment = transforms.train_transform(size, mean, std, interp)
+    augment = transforms.train_transform(size, mean, std, interp, cfg.train_crop_scale())
     if cfg.cache_images:
         dataset = CachedImageList(items, transforms.cache_transform(size, interp), augment, progress)
     else:
