@@ -249,6 +249,7 @@ def promote_from_mlflow_run(
 
     if name:
         validate_name(name)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own progress reports the upload
     with tempfile.TemporaryDirectory(prefix="maple-zoo-promote-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
