@@ -113,7 +113,8 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> 
     return data
 
 
-def load_model(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
+def read_mapping(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, LineMap]:
+    """A YAML file whose top level is a mapping (an empty file is an empty one), with --set overrides applied."""
     data, lines = read_yaml(path)
     if data is None:
         data = {}
@@ -121,4 +122,9 @@ def load_model(model: type[M], path: str | Path, overrides: list[str] | None = N
         raise MapleZooError(f"{path}:1: expected a mapping at the top level")
     if overrides:
         data = apply_overrides(data, overrides)
+    return data, lines
+
+
+def load_model(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
+    data, lines = read_mapping(path, overrides)
     return validate(model, data, str(path), lines)

@@ -26,7 +26,7 @@ from ..config import Protocol, TrainConfig, parse_method, train_config_from_dict
 from ..data.datasets import get_dataset
 from ..errors import MapleZooError, did_you_mean
 from ..methods import get_method
-from ..yamlio import LineMap, apply_overrides, read_yaml, validate
+from ..yamlio import LineMap, read_mapping, validate
 
 
 class Strict(BaseModel):
@@ -476,13 +476,7 @@ def spec_settings(spec: Spec) -> dict[str, tuple[Any, str]]:
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    data, lines = read_yaml(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise MapleZooError(f"{path}:1: expected a mapping at the top level")
-    if overrides:
-        data = apply_overrides(data, overrides)
+    data, lines = read_mapping(path, overrides)
     for key in data:  # a misspelt key first: otherwise it surfaces as "required key is missing"
         if key not in SweepSpec.model_fields:
             line = lines.line((key,))
