@@ -24,13 +24,17 @@ WORLD_ARCH = "MZ-World"
 # world recipe trains gentler and longer: lr 0.001 for 10 epochs, otherwise the reference (SGD, batch 4, cosine).
 MAPLE_ON_WORLD = {"name": "maple", "n_ctx": 2, "depth": 3}
 WORLD_OPTIM = {"lr": 0.001, "epochs": 10}
+COMPARED = (  # (label, method, optim)
+    ("zero-shot CLIP", {"name": "zeroshot"}, {}),
+    ("MaPLe (J=3, n_ctx=2, lr 1e-3, 10 ep)", MAPLE_ON_WORLD, WORLD_OPTIM),
+)
 
 
-def _run(method: dict, dataset: str, root: Path, seed: int, out: Path, arch: str) -> dict:
+def _run(method: dict, optim: dict, dataset: str, root: Path, seed: int, out: Path, arch: str) -> dict:
     cfg = train_config_from_dict({
         "method": method, "backbone": BackboneConfig(arch=arch, pretrained="procedural").model_dump(),
         "data": {"dataset": dataset, "root": str(root), "shots": 16}, "seed": seed,
-        "optim": WORLD_OPTIM if method["name"] != "zeroshot" else {},
+        "optim": optim,
         "output_dir": str(out / f"{method['name']}-{dataset}-seed{seed}"),
     })
     return run_training(cfg, hooks=None).metrics
@@ -48,8 +52,8 @@ def world_report(seeds: list[int], out_dir: Path, datasets: list[str] | None = N
     names = datasets or [n for n in WORLD_DATASET_NAMES if not get_dataset(n).test_only]
     rows = []
     for name in names:
-        for label, method in (("zero-shot CLIP", {"name": "zeroshot"}), ("MaPLe (J=3, n_ctx=2, lr 1e-3, 10 ep)", MAPLE_ON_WORLD)):
-            runs = [_run(method, name, root, seed, out_dir, arch) for seed in seeds]
+        for label, method, optim in COMPARED:
+            runs = [_run(method, optim, name, root, seed, out_dir, arch) for seed in seeds]
             row = {"dataset": name, "method": label, "seeds": seeds,
                    **{k: [r[k] for r in runs] for k in ("base_acc", "novel_acc", "hm")}}
             rows.append(row)

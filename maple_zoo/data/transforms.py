@@ -18,12 +18,9 @@ def _normalize(mean, std) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-REFERENCE_CROP_SCALE = (0.08, 1.0)
-
-
-def train_transform(size: int, mean, std, interpolation: str = "bicubic",
-                    crop_scale: tuple[float, float] = REFERENCE_CROP_SCALE) -> v2.Compose:
-    """PIL image or uint8 tensor -> normalised float tensor, randomly cropped and flipped."""
+def train_transform(size: int, mean, std, interpolation: str, crop_scale: tuple[float, float]) -> v2.Compose:
+    """PIL image or uint8 tensor -> normalised float tensor, randomly cropped (area in `crop_scale`,
+    the reference 0.08-1 unless the dataset or config says otherwise) and flipped."""
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=crop_scale, interpolation=_INTERP[interpolation], antialias=True),
