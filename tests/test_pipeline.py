@@ -157,6 +157,16 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, args, culprit):
     assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], out.stderr
 
 
+@pytest.mark.parametrize("args, culprit", [
+    (["world", "report", "--bogus"], "No such option: --bogus"),
+    (["train"], "Missing argument 'config'"),
+])
+def test_cli_usage_errors_name_the_culprit_without_a_traceback(tmp_path, args, culprit):
+    out = _cli(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert culprit in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_info_reports_the_reference_parameter_count_for_vit_b16():
     out = _cli("info", "method", "maple", "--arch", "ViT-B-16", "--n-ctx", "2", "--depth", "9", "--json")
     assert out.returncode == 0, out.stderr
