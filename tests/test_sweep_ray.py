@@ -15,6 +15,7 @@ import ray.cloudpickle
 from coop_layout import make_eurosat
 from rich.console import Console
 
+from maple_zoo.mlflow_store import open_client
 from maple_zoo.sweep.display import SweepDisplay
 from maple_zoo.sweep.runner import run_sweep, start_local_ray
 from maple_zoo.sweep.spec import load_spec
@@ -81,9 +82,7 @@ def quiet_display() -> tuple[SweepDisplay, io.StringIO]:
 
 
 def runs_of(db: Path):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{db}")
+    client = open_client(f"sqlite:///{db}")  # as any second process must: the sweep may be creating the store
     return client, client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
 
 

@@ -55,17 +55,19 @@ def ui(
     config: Annotated[Path | None, typer.Option(help="settings file (default: $MAPLE_ZOO_CONFIG, ./maple-zoo.yaml)")] = None,
 ) -> None:
     """Open the MLflow UI on the configured tracking store and print its address."""
+    from ..mlflow_store import open_client, sqlite_path
     from ..settings import load_settings
     from .tracking import default_tracking_uri
 
     uri = load_settings(config, tracking_uri=tracking_uri).tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if sqlite_path(uri) and not sqlite_path(uri).is_file():
         raise MapleZooError(f"no MLflow store at {uri}: run a sweep first, or pass --tracking-uri")
     if not uri.startswith(("sqlite:", "postgresql", "mysql", "mssql", "http://", "https://", "databricks")):
         raise MapleZooError(f"--tracking-uri {uri}: give sqlite:///<abs path>, a database URL or an http(s) server")
     if uri.startswith(("http://", "https://")):
         typer.echo(f"MLflow UI: {uri} (a tracking server already serves it)")
         return
+    open_client(uri)  # a store a running sweep is still creating is finished first, not migrated twice
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job workers: faster start

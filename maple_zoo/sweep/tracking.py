@@ -22,6 +22,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from ..mlflow_store import open_client
+
 DEFAULT_DIR = Path(".maple-zoo")
 TRAINING_ONLY = {"optimizer.safetensors"}  # resume state: never part of a logged checkpoint
 # keys Tune adds to every result; only the engine's own metrics go to MLflow
@@ -48,14 +50,6 @@ def local_artifact_root(uri: str) -> str | None:
     return None
 
 
-def _client(uri: str):
-    from mlflow import MlflowClient
-
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
-
-
 def numeric_metrics(result: dict) -> dict[str, float]:
     return {k: float(v) for k, v in result.items()
             if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -66,7 +60,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str | None = None, experiment_id: str | None = None):
         self.uri = uri
-        self.client = _client(uri)
+        self.client = open_client(uri)
         self.experiment_id = experiment_id or self._experiment(experiment or "maple-zoo")
 
     def _experiment(self, name: str) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MapleZooError
+from ..mlflow_store import open_client
 from .config import ZooConfig, load_config
 from .index import FileRecord, VersionRecord, add_version, utc_now
 from .names import default_name, format_ref, validate_filename, validate_name
@@ -202,10 +203,9 @@ def promote_checkpoint(
 def register_in_mlflow(promotion: Promotion, run_id: str, tracking_uri: str | None = None,
                        alias: str | None = "champion") -> str:
     """Tag the run with name@vN and register a model version (tagged with the sha256) + alias."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = open_client(tracking_uri)
     client.set_tag(run_id, MLFLOW_TAG, promotion.ref)
     client.set_tag(run_id, "maple_zoo.sha256", promotion.record.sha256)
     try:
