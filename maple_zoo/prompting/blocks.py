@@ -1,11 +1,15 @@
 """A faster, numerically equivalent forward for open_clip's standard residual attention block.
 
-Two exact savings over `block(x)`:
+Three exact savings over `block(x)`:
 - fused attention (F.scaled_dot_product_attention) instead of nn.MultiheadAttention's unfused
   training path;
 - query pruning in the last block: only the pooled rows (CLS for the image tower, end-of-text for
   the text tower) reach the loss, so the last block computes keys/values for every token but
-  queries, attention output and MLP for those rows alone.
+  queries, attention output and MLP for those rows alone;
+- a shared prefix under the causal text mask: positions before the first one where the class
+  prompts differ ("<sot> ctx ctx of a" for MaPLe's "a photo of a {}.") attend only to each other,
+  so they are the same in every row; they are computed once and every row's remaining positions
+  attend to their keys and values.
 Blocks of other types (open_clip's CustomResidualAttentionBlock) fall back to their own forward.
 """
 
@@ -24,6 +28,30 @@ def is_standard(block: nn.Module) -> bool:
             and not hasattr(block, "ln_1_kv") and attn.batch_first)
 
 
+def _pick(x: Tensor, rows: Tensor) -> Tensor:
+    """x[b, rows[b]] for every b, as (B, 1, d)."""
+    return x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, heads: int) -> Tensor:
+    """Multi-head attention of q (B, Lq, d) over k, v (B, Lk, d); mask (Lq, Lk) or (B, Lq, Lk), additive."""
+    b, lq, d = q.shape
+    q, k, v = (t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    if mask is not None:
+        mask = mask.to(q.dtype)
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1)  # (B, 1, Lq, Lk) broadcast over heads
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, lq, d)
+
+
+def _finish(block: nn.Module, residual: Tensor, attended: Tensor) -> Tensor:
+    """Output projection, residual, MLP: the rest of the block after attention."""
+    out = F.linear(attended, block.attn.out_proj.weight, block.attn.out_proj.bias)
+    x = residual + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def block_forward(block: nn.Module, x: Tensor, attn_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
     """`block(x, attn_mask=attn_mask)`; with `rows` (B,) indices, returns only those rows: (B, 1, d).
 
@@ -31,30 +59,50 @@ def block_forward(block: nn.Module, x: Tensor, attn_mask: Tensor | None = None, 
     """
     if not is_standard(block):
         out = block(x, attn_mask=attn_mask)
-        return out if rows is None else out[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1)
-    attn: nn.MultiheadAttention = block.attn
-    b, length, d = x.shape
-    heads = attn.num_heads
+        return out if rows is None else _pick(out, rows)
+    d = x.shape[-1]
     h = block.ln_1(x)
-    w, bias = attn.in_proj_weight, attn.in_proj_bias
+    w, bias = block.attn.in_proj_weight, block.attn.in_proj_bias
     if rows is None:
         q, k, v = F.linear(h, w, bias).chunk(3, dim=-1)
         residual, mask = x, attn_mask
     else:
-        pick = torch.arange(b, device=x.device)
-        residual = x[pick, rows].unsqueeze(1)
-        q = F.linear(h[pick, rows].unsqueeze(1), w[:d], bias[:d])
+        residual = _pick(x, rows)
+        q = F.linear(_pick(h, rows), w[:d], bias[:d])
         k, v = F.linear(h, w[d:], bias[d:]).chunk(2, dim=-1)
         mask = None if attn_mask is None else attn_mask[rows].unsqueeze(1)  # (B, 1, L) rows of the mask
-    q = q.reshape(b, -1, heads, d // heads).transpose(1, 2)
-    k = k.reshape(b, length, heads, d // heads).transpose(1, 2)
-    v = v.reshape(b, length, heads, d // heads).transpose(1, 2)
-    if mask is not None:
-        mask = mask.to(q.dtype)
-        if mask.dim() == 3:
-            mask = mask.unsqueeze(1)  # (B, 1, 1, L) broadcast over heads
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(b, -1, d)
-    out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
-    x = residual + block.ls_1(out)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return _finish(block, residual, _attend(q, k, v, mask, block.attn.num_heads))
+
+
+def shared_prefix_block_forward(block: nn.Module, prefix: Tensor, suffix: Tensor, causal_mask: Tensor,
+                                rows: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
+    """One causal block over rows whose first P positions are identical.
+
+    `prefix` (1, P, d) holds those positions once, `suffix` (R, S, d) the rest of every row, and
+    causal_mask is the (P + S, P + S) additive mask. Returns the new (prefix, suffix); with `rows`
+    (R,) suffix indices, the last-block form (None, (R, 1, d)) holding only those rows.
+    """
+    r, p = suffix.shape[0], prefix.shape[1]
+    if not is_standard(block):
+        out = block(torch.cat([prefix.expand(r, -1, -1), suffix], dim=1), attn_mask=causal_mask)
+        return (None, _pick(out, p + rows)) if rows is not None else (out[:1, :p], out[:, p:])
+    d, heads = suffix.shape[-1], block.attn.num_heads
+    w, bias = block.attn.in_proj_weight, block.attn.in_proj_bias
+    h_prefix, h_suffix = block.ln_1(prefix), block.ln_1(suffix)
+    k_prefix, v_prefix = F.linear(h_prefix, w[d:], bias[d:]).chunk(2, dim=-1)
+    if rows is None:
+        q, k, v = F.linear(h_suffix, w, bias).chunk(3, dim=-1)
+        residual, mask = suffix, causal_mask[p:]
+    else:
+        residual = _pick(suffix, rows)
+        q = F.linear(_pick(h_suffix, rows), w[:d], bias[:d])
+        k, v = F.linear(h_suffix, w[d:], bias[d:]).chunk(2, dim=-1)
+        mask = causal_mask[p + rows].unsqueeze(1)  # (R, 1, L)
+    k = torch.cat([k_prefix.expand(r, -1, -1), k], dim=1)
+    v = torch.cat([v_prefix.expand(r, -1, -1), v], dim=1)
+    suffix = _finish(block, residual, _attend(q, k, v, mask, heads))
+    if rows is not None:
+        return None, suffix  # the prefix feeds no later block
+    q_prefix = F.linear(h_prefix, w[:d], bias[:d])
+    prefix = _finish(block, prefix, _attend(q_prefix, k_prefix, v_prefix, causal_mask[:p, :p], heads))
+    return prefix, suffix

@@ -18,7 +18,9 @@ plain path that tests compare against):
 - tokens after the longest sequence's end-of-text token never influence the pooled output under the
   causal mask, so the text sequence is cut there (`truncate=True`);
 - blocks run through `blocks.block_forward` (fused attention), and the last block of each tower only
-  computes the pooled rows (CLS, end-of-text).
+  computes the pooled rows (CLS, end-of-text);
+- the text positions every class prompt has in common ("<sot> ctx ctx of a") are computed once, not
+  once per class (`blocks.shared_prefix_block_forward`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MapleZooError
-from .blocks import block_forward
+from .blocks import block_forward, shared_prefix_block_forward
 
 Tensor = torch.Tensor
 
@@ -157,22 +159,48 @@ class PromptedCLIP(nn.Module):
         mask = self.clip.attn_mask[:length, :length] if self.clip.attn_mask is not None else None
         blocks = self.clip.transformer.resblocks
         prune = self.fast and not hidden_layers  # the hidden states of every position are wanted otherwise
+        shared = self._shared_prefix_length(x, eot, prompts, mask) if self.fast else 0
+        prefix, x = (x[:1, :shared], x[:, shared:]) if shared else (None, x)  # x: the positions rows differ in
         hidden = []
         for i, block in enumerate(blocks):
-            if 1 <= i <= len(prompts.deep) and prompts.deep[i - 1] is not None:
-                x = _replace(x, prompts.deep[i - 1], prompts.start)
-            if prune and i == len(blocks) - 1:
-                x = block_forward(block, x, mask, rows=eot)  # (rows, 1, width): the end-of-text rows only
-                eot = torch.zeros_like(eot)
+            deep = prompts.deep[i - 1] if 1 <= i <= len(prompts.deep) else None
+            if deep is not None and prefix is not None and prompts.start < shared:
+                prefix = _replace(prefix, deep, prompts.start)  # the prompt positions lie in the shared prefix
+            elif deep is not None:
+                x = _replace(x, deep, prompts.start - shared)
+            last = prune and i == len(blocks) - 1  # compute the end-of-text rows only
+            if prefix is not None:
+                prefix, x = shared_prefix_block_forward(block, prefix, x, mask, rows=eot - shared if last else None)
+            elif last:
+                x = block_forward(block, x, mask, rows=eot)
             else:
                 x = block_forward(block, x, mask) if self.fast else block(x, attn_mask=mask)
+            if last:
+                eot = torch.zeros_like(eot)
             if i >= len(blocks) - hidden_layers:
-                hidden.append(x)
+                hidden.append(x if prefix is None else torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1))
+        if prefix is not None:
+            x = torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.clip.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]
         proj = self.clip.text_projection
         pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
         return (pooled, hidden) if hidden_layers else pooled
+
+    @staticmethod
+    def _shared_prefix_length(x: Tensor, eot: Tensor, prompts: TextPrompts, mask: Tensor | None) -> int:
+        """How many leading positions every row of the layer-0 input has in common (0: none worth sharing).
+
+        Exact only under the causal mask. The end-of-text rows stay outside the prefix, and so does any
+        deep prompt that differs per row or would straddle the boundary."""
+        if mask is None or x.shape[0] < 2:
+            return 0
+        same = (x == x[:1]).all(dim=2).all(dim=0)
+        shared = min(int(same.long().cumprod(0).sum()), int(eot.min()))
+        for deep in prompts.deep:
+            if deep is not None and (deep.dim() == 3 or shared < prompts.start + deep.shape[-2]):
+                shared = min(shared, prompts.start)
+        return shared if shared >= 2 else 0
 
     # ---------------------------------------------------------------- image
     def encode_image(self, images: Tensor, prompts: VisionPrompts | None = None) -> Tensor:
