@@ -1,4 +1,4 @@
-"""Benchmarks printing JSON: `maple-zoo bench train-step` and `maple-zoo bench eval`.
+"""Benchmarks printing JSON: `maple-zoo bench train-step`, `bench eval` and `bench matmul`.
 
 Random weights (the cost does not depend on them). `--compare` also runs the plain configuration of
 our own code - full 77-token text, open_clip's own blocks, text features recomputed per batch, fp32 -
@@ -95,6 +95,21 @@ def time_eval(m, bb, batch: int, batches: int, device, precision: str, plain: bo
     return time.perf_counter() - t
 
 
+def count_train_gflop(m, bb, batch: int, device, precision: str, plain: bool) -> float:
+    """GFLOP of one training step (matmuls, convolutions and attention, forward and backward), counted by
+    torch's FlopCounterMode on an untimed step: the work a machine's matmul ceiling is compared with."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m.truncate_text = m.clip.fast = not plain
+    images = torch.randn(batch, 3, bb.image_size, bb.image_size, device=device)
+    labels = torch.arange(batch, device=device) % len(m.classnames)
+    with FlopCounterMode(display=False) as counter, autocast(device, "fp32" if plain else precision):
+        loss, _ = m.training_loss(images, labels)
+        loss.float().backward()
+    m.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
 def _settings(**kw) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -134,9 +149,12 @@ def train_step(
            "step_times": [round(t, 4) for t in times]}
     if dev.type == "cuda":
         out["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    gflop = count_train_gflop(m, bb, batch, dev, prec, plain=False)
+    out.update({"gflop_per_step": round(gflop, 3), "gflop_per_second": round(gflop / sec, 1)})
     if compare:
         plain = statistics.median(time_train_steps(m, bb, batch, steps, dev, prec, plain=True))
-        out.update({"plain_seconds_per_step": round(plain, 4), "speedup_vs_plain": round(plain / sec, 3)})
+        out.update({"plain_seconds_per_step": round(plain, 4), "speedup_vs_plain": round(plain / sec, 3),
+                    "plain_gflop_per_step": round(count_train_gflop(m, bb, batch, dev, prec, plain=True), 3)})
     _report(out, as_json)
 
 
@@ -165,4 +183,36 @@ def eval_(
     if compare:
         plain = time_eval(m, bb, batch, batches, dev, prec, plain=True)
         out.update({"plain_images_per_second": round(n / plain, 3), "speedup_vs_plain": round(plain / sec, 3)})
+    _report(out, as_json)
+
+
+@bench_app.command("matmul")
+def matmul(
+    tokens: Annotated[int, typer.Option(help="rows: images x tokens (ViT-B/16 at batch 4: 4 x 199)")] = 796,
+    width: Annotated[int, typer.Option(help="model width")] = 768,
+    mlp: Annotated[int, typer.Option(help="MLP hidden width")] = 3072,
+    device: str = "cpu", threads: int | None = None, repeats: int = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """This machine's matmul ceiling (GFLOP/s, fp32 and bf16) at a transformer block's shapes: dividing a
+    step's `gflop_per_step` by it gives the fastest that step can run exactly at that precision."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    shapes = {"qkv": (tokens, width, 3 * width), "out_proj": (tokens, width, width), "mlp_fc": (tokens, width, mlp),
+              "mlp_proj": (tokens, mlp, width)}
+    out = {"benchmark": "matmul", "tokens": tokens, "width": width, "mlp": mlp, **_env(dev, "fp32, bf16")}
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        rates = {}
+        for name, (m, k, n) in shapes.items():
+            a, b = torch.randn(m, k, device=dev, dtype=dtype), torch.randn(k, n, device=dev, dtype=dtype)
+            a @ b  # warm-up
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            _sync(dev)
+            rates[name] = round(2 * m * k * n * repeats / (time.perf_counter() - t) / 1e9, 1)
+        out[f"{label}_gflop_per_second"] = rates
+        out[f"{label}_best_gflop_per_second"] = max(rates.values())
     _report(out, as_json)
