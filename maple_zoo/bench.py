@@ -57,12 +57,17 @@ def _env(device: torch.device, precision: str) -> dict:
     }
 
 
-def time_train_steps(m, bb, batch: int, steps: int, device, precision: str, plain: bool) -> list[float]:
+def _train_batch(m, bb, batch: int, device, plain: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Switch `m` to the plain or optimised path and make a random batch (images, labels) for it."""
     m.truncate_text = m.clip.fast = not plain
+    images = torch.randn(batch, 3, bb.image_size, bb.image_size, device=device)
+    return images, torch.arange(batch, device=device) % len(m.classnames)
+
+
+def time_train_steps(m, bb, batch: int, steps: int, device, precision: str, plain: bool) -> list[float]:
+    images, labels = _train_batch(m, bb, batch, device, plain)
     params = list(m.trainable_parameters().values())
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    images = torch.randn(batch, 3, bb.image_size, bb.image_size, device=device)
-    labels = torch.arange(batch, device=device) % len(m.classnames)
     times = []
     for i in range(steps + 1):  # one untimed warm-up step
         _sync(device)
@@ -100,9 +105,7 @@ def count_train_gflop(m, bb, batch: int, device, precision: str, plain: bool) ->
     torch's FlopCounterMode on an untimed step: the work a machine's matmul ceiling is compared with."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    m.truncate_text = m.clip.fast = not plain
-    images = torch.randn(batch, 3, bb.image_size, bb.image_size, device=device)
-    labels = torch.arange(batch, device=device) % len(m.classnames)
+    images, labels = _train_batch(m, bb, batch, device, plain)
     with FlopCounterMode(display=False) as counter, autocast(device, "fp32" if plain else precision):
         loss, _ = m.training_loss(images, labels)
         loss.float().backward()

@@ -33,6 +33,17 @@ def _pick(x: Tensor, rows: Tensor) -> Tensor:
     return x[torch.arange(x.shape[0], device=x.device), rows].unsqueeze(1)
 
 
+def _project(block: nn.Module, x: Tensor, h: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(residual, q, k, v) of x with h = ln_1(x): every row, or with `rows` queries and residual for those
+    rows alone (keys and values always cover every position)."""
+    d = x.shape[-1]
+    w, bias = block.attn.in_proj_weight, block.attn.in_proj_bias
+    if rows is None:
+        return x, *F.linear(h, w, bias).chunk(3, dim=-1)
+    k, v = F.linear(h, w[d:], bias[d:]).chunk(2, dim=-1)
+    return _pick(x, rows), F.linear(_pick(h, rows), w[:d], bias[:d]), k, v
+
+
 def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, heads: int) -> Tensor:
     """Multi-head attention of q (B, Lq, d) over k, v (B, Lk, d); mask (Lq, Lk) or (B, Lq, Lk), additive."""
     b, lq, d = q.shape
@@ -60,17 +71,8 @@ def block_forward(block: nn.Module, x: Tensor, attn_mask: Tensor | None = None, 
     if not is_standard(block):
         out = block(x, attn_mask=attn_mask)
         return out if rows is None else _pick(out, rows)
-    d = x.shape[-1]
-    h = block.ln_1(x)
-    w, bias = block.attn.in_proj_weight, block.attn.in_proj_bias
-    if rows is None:
-        q, k, v = F.linear(h, w, bias).chunk(3, dim=-1)
-        residual, mask = x, attn_mask
-    else:
-        residual = _pick(x, rows)
-        q = F.linear(_pick(h, rows), w[:d], bias[:d])
-        k, v = F.linear(h, w[d:], bias[d:]).chunk(2, dim=-1)
-        mask = None if attn_mask is None else attn_mask[rows].unsqueeze(1)  # (B, 1, L) rows of the mask
+    residual, q, k, v = _project(block, x, block.ln_1(x), rows)
+    mask = attn_mask if rows is None or attn_mask is None else attn_mask[rows].unsqueeze(1)  # (B, 1, L) rows
     return _finish(block, residual, _attend(q, k, v, mask, block.attn.num_heads))
 
 
@@ -88,16 +90,10 @@ def shared_prefix_block_forward(block: nn.Module, prefix: Tensor, suffix: Tensor
         return (None, _pick(out, p + rows)) if rows is not None else (out[:1, :p], out[:, p:])
     d, heads = suffix.shape[-1], block.attn.num_heads
     w, bias = block.attn.in_proj_weight, block.attn.in_proj_bias
-    h_prefix, h_suffix = block.ln_1(prefix), block.ln_1(suffix)
+    h_prefix = block.ln_1(prefix)
     k_prefix, v_prefix = F.linear(h_prefix, w[d:], bias[d:]).chunk(2, dim=-1)
-    if rows is None:
-        q, k, v = F.linear(h_suffix, w, bias).chunk(3, dim=-1)
-        residual, mask = suffix, causal_mask[p:]
-    else:
-        residual = _pick(suffix, rows)
-        q = F.linear(_pick(h_suffix, rows), w[:d], bias[:d])
-        k, v = F.linear(h_suffix, w[d:], bias[d:]).chunk(2, dim=-1)
-        mask = causal_mask[p + rows].unsqueeze(1)  # (R, 1, L)
+    residual, q, k, v = _project(block, suffix, block.ln_1(suffix), rows)
+    mask = causal_mask[p:] if rows is None else causal_mask[p + rows].unsqueeze(1)  # (S, L) or (R, 1, L)
     k = torch.cat([k_prefix.expand(r, -1, -1), k], dim=1)
     v = torch.cat([v_prefix.expand(r, -1, -1), v], dim=1)
     suffix = _finish(block, residual, _attend(q, k, v, mask, heads))

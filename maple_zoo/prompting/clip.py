@@ -62,6 +62,11 @@ def _replace(x: Tensor, prompt: Tensor, start: int) -> Tensor:
     return torch.cat([x[:, :start], prompt, x[:, start + prompt.shape[1]:]], dim=1)
 
 
+def _with_prefix(prefix: Tensor | None, x: Tensor) -> Tensor:
+    """Every row's full sequence again: the shared prefix (1, P, d), if any, in front of each row of x."""
+    return x if prefix is None else torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)
+
+
 class PromptedCLIP(nn.Module):
     """A frozen open_clip CLIP whose towers accept prompts at every layer."""
 
@@ -178,9 +183,8 @@ class PromptedCLIP(nn.Module):
             if last:
                 eot = torch.zeros_like(eot)
             if i >= len(blocks) - hidden_layers:
-                hidden.append(x if prefix is None else torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1))
-        if prefix is not None:
-            x = torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)
+                hidden.append(_with_prefix(prefix, x))
+        x = _with_prefix(prefix, x)
         x = self.clip.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]
         proj = self.clip.text_projection

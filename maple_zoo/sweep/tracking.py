@@ -22,7 +22,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ..mlflow_store import open_client
+from ..mlflow_store import open_client, sqlite_path
 
 DEFAULT_DIR = Path(".maple-zoo")
 TRAINING_ONLY = {"optimizer.safetensors"}  # resume state: never part of a logged checkpoint
@@ -45,9 +45,8 @@ def sqlite_uri(path: Path) -> str:
 
 def local_artifact_root(uri: str) -> str | None:
     """Artifacts next to a SQLite store (an explicit location: MLflow's default is relative to the CWD)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-    return None
+    path = sqlite_path(uri)
+    return (path.parent / "mlartifacts").as_uri() if path else None
 
 
 def numeric_metrics(result: dict) -> dict[str, float]:
