@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
+
+from .errors import MapleZooError
 
 SQLITE = "sqlite:///"
 LOCK_TIMEOUT_S = 300  # a migration takes seconds; this only bounds a wait behind a stuck process
@@ -29,8 +31,16 @@ def open_client(uri: str | None):
     if path is None:
         return MlflowClient(tracking_uri=uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+    lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise MapleZooError(f"MLflow store {path}: {lock.lock_file} held by another process for over "
+                            f"{LOCK_TIMEOUT_S} s (a stuck sweep or ui?)") from None
+    try:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)  # creates or migrates the tracking schema now, under the lock
         client.search_registered_models(max_results=1)  # and the registry's
+    finally:
+        lock.release()
     return client
