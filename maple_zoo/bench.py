@@ -113,6 +113,11 @@ def count_train_gflop(m, bb, batch: int, device, precision: str, plain: bool) ->
     return counter.get_total_flops() / 1e9
 
 
+def _fig(x: float, digits: int = 5) -> float:
+    """A measured figure to `digits` significant digits: as precise for a 8 ms tiny-model step as for a 2 s one."""
+    return float(f"{x:.{digits}g}")
+
+
 def _settings(**kw) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -148,16 +153,16 @@ def train_step(
     sec = statistics.median(times)
     out = {"benchmark": "train-step", **_settings(method=method, arch=arch, classes=classes, batch=batch,
                                                   steps=steps, n_ctx=n_ctx, depth=depth),
-           **_env(dev, prec), "seconds_per_step": round(sec, 4), "images_per_second": round(batch / sec, 3),
-           "step_times": [round(t, 4) for t in times]}
+           **_env(dev, prec), "seconds_per_step": _fig(sec), "images_per_second": _fig(batch / sec),
+           "step_times": [_fig(t) for t in times]}
     if dev.type == "cuda":
         out["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
     gflop = count_train_gflop(m, bb, batch, dev, prec, plain=False)
-    out.update({"gflop_per_step": round(gflop, 3), "gflop_per_second": round(gflop / sec, 1)})
+    out.update({"gflop_per_step": _fig(gflop), "gflop_per_second": _fig(gflop / sec)})
     if compare:
         plain = statistics.median(time_train_steps(m, bb, batch, steps, dev, prec, plain=True))
-        out.update({"plain_seconds_per_step": round(plain, 4), "speedup_vs_plain": round(plain / sec, 3),
-                    "plain_gflop_per_step": round(count_train_gflop(m, bb, batch, dev, prec, plain=True), 3)})
+        out.update({"plain_seconds_per_step": _fig(plain), "speedup_vs_plain": _fig(plain / sec),
+                    "plain_gflop_per_step": _fig(count_train_gflop(m, bb, batch, dev, prec, plain=True))})
     _report(out, as_json)
 
 
@@ -180,12 +185,12 @@ def eval_(
     sec = time_eval(m, bb, batch, batches, dev, prec, plain=False)
     n = batch * batches
     out = {"benchmark": "eval", **_settings(method=method, arch=arch, classes=classes, batch=batch, batches=batches),
-           **_env(dev, prec), "seconds": round(sec, 4), "images_per_second": round(n / sec, 3)}
+           **_env(dev, prec), "seconds": _fig(sec), "images_per_second": _fig(n / sec)}
     if dev.type == "cuda":
         out["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
     if compare:
         plain = time_eval(m, bb, batch, batches, dev, prec, plain=True)
-        out.update({"plain_images_per_second": round(n / plain, 3), "speedup_vs_plain": round(plain / sec, 3)})
+        out.update({"plain_images_per_second": _fig(n / plain), "speedup_vs_plain": _fig(plain / sec)})
     _report(out, as_json)
 
 
@@ -215,7 +220,7 @@ def matmul(
             for _ in range(repeats):
                 a @ b
             _sync(dev)
-            rates[name] = round(2 * m * k * n * repeats / (time.perf_counter() - t) / 1e9, 1)
+            rates[name] = _fig(2 * m * k * n * repeats / (time.perf_counter() - t) / 1e9)
         out[f"{label}_gflop_per_second"] = rates
         out[f"{label}_best_gflop_per_second"] = max(rates.values())
     _report(out, as_json)
